@@ -1,0 +1,142 @@
+"""DQARConfig: every knob of the method, documented, validated on construction, with named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+GRANULARITIES = ("attn", "kv")
+CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed")
+CFG_LAYOUTS = ("cond_first", "cond_second")
+
+
+@dataclass(frozen=True)
+class DQARConfig:
+    """What DQAR may reuse, and when. Defaults are the `"dqar"` preset's.
+
+    A block reuses at step s only if every enabled rule allows it, checked in this order:
+    a cache entry exists, the step is past `warmup`, the layer schedule admits the layer,
+    the entropy gate H_t < tau(p), the SNR gate snr_lo <= SNR_t <= snr_hi, and fewer than
+    `max_reuse_streak` consecutive reuses so far.
+    """
+
+    enabled: bool = True
+    """Master switch. False: attached but never reuses (the `"off"` preset); outputs are bit-identical."""
+    granularity: str = "attn"
+    """"attn" reuses the self-attention output (skips the whole attention); "kv" reuses K/V only."""
+    warmup: float = 0.2
+    """Fraction of the steps at the start that always recompute (the sample is still forming)."""
+    use_entropy_gate: bool = True
+    tau: float = 0.92
+    """Entropy threshold for class labels (normalised entropy lies in [0, 1]); reuse only if H_t < tau(p)."""
+    tau_slope: float = 0.0
+    """tau(p) = tau + tau_slope * log(p / p_ref) for text prompts of p tokens; 0 keeps tau constant."""
+    p_ref: int = 77
+    use_snr_gate: bool = True
+    snr_lo: float = 0.25
+    """Lower SNR bound: SNR_t = ||x0||^2 / (||x_t - x0||^2 + eps) must be at least this."""
+    snr_hi: float = math.inf
+    """Upper SNR bound."""
+    max_reuse_streak: int = 2
+    """At most this many consecutive reuses per layer before it must recompute (0: never reuse)."""
+    use_schedule: bool = True
+    schedule_depth_start: float = 0.5
+    """Layer schedule: right after warmup, the shallowest `schedule_depth_start` fraction of blocks may reuse ..."""
+    schedule_depth_end: float = 1.0
+    """... growing linearly to `schedule_depth_end` at the last step (shallow early, deep late)."""
+    static_plan: tuple[tuple[bool, ...], ...] | None = None
+    """A fixed (steps x layers) plan (DiTFastAttn-style); when set it replaces the gates and the schedule."""
+    static_period: int = 0
+    """If > 0 and no static_plan: the static preset's rule, reuse every layer on every `static_period`-th step."""
+    use_policy: bool = False
+    policy_path: str | None = None
+    """A trained MLP policy (data/policy/...); p_reuse >= policy_threshold replaces the entropy/SNR gates."""
+    policy_threshold: float = 0.5
+    cache_mode: str = "int8_channel"
+    """How cached tensors are stored: fp32, fp16, int8_tensor, int8_channel, or mixed (K fp16, V/out int8)."""
+    cache_budget_bytes: int | None = None
+    """Refuse to store past this many bytes (the layer then recomputes); None: no limit."""
+    cfg_share: bool = False
+    """CFG branch sharing: the unconditional half takes the conditional half's attention output."""
+    cfg_share_start: float = 0.5
+    """Fraction of the steps after which CFG sharing applies on steps that recompute."""
+    cfg_layout: str = "cond_first"
+    """Where the conditional half sits in a CFG batch: DiT pipelines put it first, PixArt second."""
+    entropy_rows: int = 16
+    """Query rows sampled per head to estimate H_t (never a second full attention)."""
+    entropy_heads: int = 4
+    """Heads sampled for H_t."""
+    collect_stats: bool = True
+    """Measure H_t, SNR_t and ||x_t|| on every step for the trace, even where they decide nothing."""
+    always_reuse: bool = False
+    """Reuse whenever a valid cache entry exists (the `"always"` preset); skips gates and schedule."""
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"DQARConfig.{name}={getattr(self, name)!r} is invalid: {why}")
+
+        if self.granularity not in GRANULARITIES:
+            bad("granularity", f"expected one of {GRANULARITIES}")
+        if self.cache_mode not in CACHE_MODES:
+            bad("cache_mode", f"expected one of {CACHE_MODES}")
+        if self.cfg_layout not in CFG_LAYOUTS:
+            bad("cfg_layout", f"expected one of {CFG_LAYOUTS}")
+        for name in ("warmup", "schedule_depth_start", "schedule_depth_end", "cfg_share_start", "policy_threshold"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                bad(name, "expected a number in [0, 1]")
+        if not (isinstance(self.tau, (int, float)) and 0.0 <= self.tau <= 1.0):
+            bad("tau", "normalised entropy lies in [0, 1], so tau must too")
+        if not math.isfinite(self.tau_slope):
+            bad("tau_slope", "expected a finite number")
+        if self.p_ref <= 0:
+            bad("p_ref", "expected a positive token count")
+        if not (self.snr_lo >= 0 and not math.isnan(self.snr_hi)):
+            bad("snr_lo", "expected snr_lo >= 0")
+        if self.snr_lo > self.snr_hi:
+            raise ValueError(f"DQARConfig SNR range is empty: snr_lo={self.snr_lo} > snr_hi={self.snr_hi}")
+        if self.max_reuse_streak < 0:
+            bad("max_reuse_streak", "expected >= 0")
+        if self.static_period < 0:
+            bad("static_period", "expected >= 0")
+        if self.cache_budget_bytes is not None and self.cache_budget_bytes < 0:
+            bad("cache_budget_bytes", "expected None or >= 0")
+        if self.entropy_rows <= 0 or self.entropy_heads <= 0:
+            bad("entropy_rows" if self.entropy_rows <= 0 else "entropy_heads", "expected > 0")
+        if self.static_plan is not None:
+            widths = {len(row) for row in self.static_plan}
+            if len(widths) > 1:
+                bad("static_plan", f"rows have different lengths {sorted(widths)}")
+        if self.cfg_share and self.granularity != "attn":
+            bad("cfg_share", "CFG sharing shares the attention output, so it needs granularity='attn'")
+        if self.use_policy and not self.policy_path:
+            bad("policy_path", "use_policy=True needs a policy file")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "DQARConfig":
+        """A named preset, optionally with fields overridden: `DQARConfig.preset("dqar", tau=0.9)`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown DQAR preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return dataclasses.replace(cls(**PRESETS[name]), **overrides)
+
+    def replace(self, **changes) -> "DQARConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_NO_GATES = dict(use_entropy_gate=False, use_snr_gate=False, use_schedule=False)
+
+PRESETS: dict[str, dict] = {
+    # attached, never reuses: bit-identical to the model without DQAR
+    "off": dict(enabled=False, collect_stats=False),
+    # reuse whenever a cache entry exists (an upper bound on savings, a lower bound on quality)
+    "always": dict(always_reuse=True, warmup=0.0, cache_mode="fp32", **_NO_GATES),
+    # a fixed DiTFastAttn-style plan: after warmup, every layer reuses on every second step
+    "static": dict(static_period=2, cache_mode="fp16", **_NO_GATES),
+    # one gate at a time, for ablations
+    "entropy": dict(use_snr_gate=False, use_schedule=False),
+    "snr": dict(use_entropy_gate=False, use_schedule=False),
+    # entropy + SNR gates + layer schedule + INT8 cache: the default
+    "dqar": dict(),
+}
+

@@ -1,0 +1,244 @@
+"""The controller: owns the per-step state, plans each step's reuse as plain bools, keeps the trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import gates
+from .cache import ReuseCache, storage_mode
+from .config import DQARConfig
+from .host import HostValue, host_float
+from .schedule import layer_allowed, progress, schedule_depth
+from .stats import latent_norm, latent_snr, predicted_x0
+
+TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason")
+
+
+@dataclass
+class StepView:
+    """What the gates see for one (step, layer): host numbers only."""
+
+    step: int
+    s: float  # progress in [0, 1]
+    layer: int
+    num_layers: int
+    H_t: float | None
+    snr_t: float | None
+    streak: int
+    post_warmup_step: int | None  # steps since warmup ended (None: still in warmup)
+    p_reuse: float | None = None
+
+
+def decide(cfg: DQARConfig, v: StepView) -> tuple[bool, str]:
+    """Whether layer v.layer may reuse at this step, and why: a pure function of the config and host numbers."""
+    if not cfg.enabled:
+        return False, "off"
+    if cfg.always_reuse:
+        return True, "always"
+    if cfg.static_plan is not None:
+        ok = v.step < len(cfg.static_plan) and v.layer < len(cfg.static_plan[v.step]) and cfg.static_plan[v.step][v.layer]
+        return bool(ok), "static" if ok else "static_compute"
+    if v.s < cfg.warmup or v.post_warmup_step is None:
+        return False, "warmup"
+    if cfg.static_period:
+        ok = v.post_warmup_step % cfg.static_period == cfg.static_period - 1
+        return ok, "static" if ok else "static_compute"
+    if cfg.use_schedule:
+        depth = schedule_depth(v.s, cfg.warmup, cfg.schedule_depth_start, cfg.schedule_depth_end)
+        if not layer_allowed(v.layer, v.num_layers, depth):
+            return False, "schedule"
+    if not gates.streak_gate(v.streak, cfg.max_reuse_streak):
+        return False, "streak"
+    if cfg.use_policy:
+        ok = v.p_reuse is not None and v.p_reuse >= cfg.policy_threshold
+        return ok, "policy" if ok else "policy_compute"
+    if cfg.use_entropy_gate and not gates.entropy_gate(v.H_t, gates.tau_for_prompt(cfg.tau, None)):
+        return False, "entropy"
+    if cfg.use_snr_gate and not gates.snr_gate(v.snr_t, cfg.snr_lo, cfg.snr_hi):
+        return False, "snr"
+    return True, "reuse"
+
+
+class DQARController:
+    """Per-run state of DQAR on one transformer. Created by `apply_dqar`; the hooks call into it.
+
+    Each transformer forward is one step: `begin_step` plans every layer from host numbers,
+    the attention hooks ask `planned(i)` and report back, `end_step` measures SNR_t and ||x_t||
+    for the next step's decisions (read asynchronously, one step late, so nothing syncs).
+    """
+
+    def __init__(self, config: DQARConfig, layer_names: list[str], scheduler=None, prompt_length: int | None = None):
+        self.config = config
+        self.layer_names = list(layer_names)
+        self.num_layers = len(layer_names)
+        self.scheduler = scheduler
+        self.prompt_length = prompt_length
+        self.num_train_timesteps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000))
+        self.cache = ReuseCache(config.cache_budget_bytes)
+        self.policy = None
+        if config.use_policy:
+            from .policy import load_policy
+
+            self.policy = load_policy(config.policy_path)
+        self._ts_obj = None
+        self._ts_host: list[float] = []
+        self.reset()
+
+    # ---- run state -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the run: cache, streaks, statistics, trace and counters."""
+        L = self.num_layers
+        self.cache.clear()
+        self.cache.reset_counters()
+        self.step = -1
+        self.t: float | None = None
+        self.s = 0.0
+        self._post_warmup: int | None = None
+        self._calls_since_ts = 0
+        self.H: list[HostValue | None] = [None] * L
+        self.snr: HostValue | None = None
+        self.x_norm: HostValue | None = None
+        self.streak = [0] * L
+        self.plan: list[tuple[bool, str]] = [(False, "missing")] * L
+        self.reused = [0] * L
+        self.computed = [0] * L
+        self.cfg_shared = 0
+        self.peak_cache_bytes = 0
+        self.rows: list[tuple] = []
+
+    def host_timestep(self, t) -> float | None:
+        """The step's timestep as a float, without reading a device tensor when a scheduler was given."""
+        if t is None:
+            return None
+        if not torch.is_tensor(t):
+            return float(t)
+        if t.device.type != "cpu" and self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
+            ts = self.scheduler.timesteps
+            if ts is not self._ts_obj:  # set_timesteps was called: a new run, read the schedule once
+                self._ts_obj, self._ts_host, self._calls_since_ts = ts, [float(v) for v in ts.cpu()], 0
+            t_host = self._ts_host[self._calls_since_ts % len(self._ts_host)]
+            self._calls_since_ts += 1
+            return t_host
+        return float(t.reshape(-1)[0])  # a CPU read, or a device read when no scheduler was given
+
+    def begin_step(self, t: float | None) -> None:
+        """Start a step at host timestep t: a rise in t starts a new run; then plan every layer."""
+        if t is not None and self.t is not None and t > self.t:
+            self.reset()
+        self.step += 1
+        self.t = t
+        self.s = progress(t, self.num_train_timesteps) if t is not None else 0.0
+        if self._post_warmup is None and self.step > 0 and self.s >= self.config.warmup:
+            self._post_warmup = 0
+        elif self._post_warmup is not None:
+            self._post_warmup += 1
+        H = [host_float(h) for h in self.H]
+        snr = host_float(self.snr)
+        p = self._policy_probs(H, snr) if self.policy is not None else [None] * self.num_layers
+        self.plan = [decide(self.config, StepView(self.step, self.s, i, self.num_layers, H[i], snr, self.streak[i],
+                                                  self._post_warmup, p[i])) for i in range(self.num_layers)]
+
+    def _policy_probs(self, H: list, snr: float | None) -> list[float]:
+        from .policy import policy_features
+
+        f = policy_features(H, snr, host_float(self.x_norm), self.s, self.num_layers)  # (L, 5)
+        with torch.no_grad():
+            return self.policy(f).tolist()
+
+    def planned(self, i: int) -> bool:
+        return self.plan[i][0]
+
+    @property
+    def cfg_share_now(self) -> bool:
+        c = self.config
+        return c.enabled and c.cfg_share and self.step > 0 and self.s >= c.cfg_share_start
+
+    # ---- cache ---------------------------------------------------------------------------
+    def try_reuse(self, i: int, kinds: tuple[str, ...], sig: tuple) -> bool:
+        """Called by layer i's hook before it runs: True if it may serve its cached `kinds`. Records the row."""
+        reuse, reason = self.plan[i]
+        if reuse:
+            for kind in kinds:
+                status = self.cache.status((i, kind), sig)
+                if status != "ok":
+                    reuse, reason = False, status
+                    break
+        self._record(i, reuse, reason)
+        return reuse
+
+    def cached(self, i: int, kind: str) -> torch.Tensor:
+        return self.cache.get((i, kind))
+
+    def store(self, i: int, kind: str, x: torch.Tensor) -> None:
+        if self.config.enabled:
+            self.cache.store((i, kind), x, storage_mode(self.config.cache_mode, kind))
+            self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes)
+
+    def _record(self, i: int, reuse: bool, reason: str) -> None:
+        self.streak[i] = self.streak[i] + 1 if reuse else 0
+        (self.reused if reuse else self.computed)[i] += 1
+        self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, reuse, reason))
+
+    # ---- statistics ----------------------------------------------------------------------
+    def wants_entropy(self) -> bool:
+        return self.config.enabled or self.config.collect_stats
+
+    def set_entropy(self, i: int, H_t: torch.Tensor) -> None:
+        self.H[i] = HostValue(H_t)
+
+    def end_step(self, x_t: torch.Tensor, model_output: torch.Tensor) -> None:
+        """After the forward: SNR_t from the predicted x0 and ||x_t||, read by the next step."""
+        if not (self.config.enabled or self.config.collect_stats) or self.t is None:
+            return
+        self.x_norm = HostValue(latent_norm(x_t))
+        acp = getattr(self.scheduler, "alphas_cumprod", None)
+        if acp is None:
+            acp = _default_alphas_cumprod()
+        a = float(acp[min(int(round(self.t)), len(acp) - 1)])
+        c = x_t.shape[1]
+        out = model_output[:, :c]  # learned-sigma models emit (eps, var)
+        kind = getattr(getattr(self.scheduler, "config", None), "prediction_type", "epsilon")
+        if kind == "epsilon":
+            x0 = predicted_x0(x_t, out, a)
+        elif kind == "v_prediction":
+            x0 = a**0.5 * x_t.float() - (1 - a) ** 0.5 * out.float()
+        elif kind == "sample":
+            x0 = out.float()
+        else:
+            return
+        self.snr = HostValue(latent_snr(x0, x_t))
+
+    def trace(self) -> list[dict]:
+        """One row per (step, layer): t, H_t, SNR_t, ||x_t|| (the values the decision saw), reuse, reason."""
+        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), u, why)))
+                for (s, t, i, h, r, n, u, why) in self.rows]
+
+    def stats(self) -> dict:
+        total = sum(self.reused) + sum(self.computed)
+        return {
+            "reuse_fraction": sum(self.reused) / total if total else 0.0,
+            "per_layer_reuse": list(self.reused),
+            "per_layer_compute": list(self.computed),
+            "steps": self.step + 1,
+            "layers": self.num_layers,
+            "cache_bytes": self.cache.nbytes,
+            "peak_cache_bytes": self.peak_cache_bytes,
+            "cache_entries": len(self.cache),
+            "refused": self.cache.refused,
+            "invalidated": self.cache.invalidated,
+            "nonfinite": self.cache.nonfinite,
+            "cfg_shared": self.cfg_shared,
+        }
+
+
+_ACP = None
+
+
+def _default_alphas_cumprod() -> torch.Tensor:
+    """DiT's training schedule (linear betas 1e-4..0.02, 1000 steps), used when no scheduler is given."""
+    global _ACP
+    if _ACP is None:
+        _ACP = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    return _ACP

@@ -1,0 +1,161 @@
+"""Attach DQAR to any diffusers transformer built from `Attention` modules, and remove it exactly.
+
+The hooks only route: each self-attention module asks the controller whether to serve its cache or
+compute (and, on compute, hands back what it produced). No decision is made here.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from .cache import signature
+from .config import DQARConfig
+from .controller import DQARController
+from .stats import sampled_attention_entropy
+
+_ATTR = "_dqar_controller"
+
+
+def self_attention_modules(transformer: torch.nn.Module) -> list[tuple[str, Attention]]:
+    """The self-attention modules in depth order (cross-attention is left alone)."""
+    return [(n, m) for n, m in transformer.named_modules() if isinstance(m, Attention) and not m.is_cross_attention]
+
+
+class _Layer:
+    """Routing state of one attention module while DQAR is attached."""
+
+    def __init__(self, index: int, module: Attention):
+        self.index, self.module = index, module
+        self.capture = False
+        self.q = self.k = None
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.handles: list = []
+        self.patched: list[torch.nn.Module] = []
+
+
+def _patch_forward(mod: torch.nn.Module, fn, layer: _Layer) -> None:
+    mod.forward = fn  # an instance attribute shadows the class method; removal deletes it
+    layer.patched.append(mod)
+
+
+def _attach_layer(ctl: DQARController, layer: _Layer) -> None:
+    m, i, cfg = layer.module, layer.index, ctl.config
+    orig = m.forward  # the class's bound forward
+    kv = cfg.granularity == "kv"
+
+    def capture_q(_mod, _inp, out):
+        if layer.capture:
+            layer.q = out
+
+    def capture_k(_mod, _inp, out):
+        if layer.capture:
+            layer.k = out
+
+    layer.handles += [m.to_q.register_forward_hook(capture_q), m.to_k.register_forward_hook(capture_k)]
+
+    def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        sig = signature(hidden_states)
+        if ctl.try_reuse(i, ("k", "v") if kv else ("out",), sig):
+            if not kv:
+                return ctl.cached(i, "out")
+            layer.kv = (ctl.cached(i, "k"), ctl.cached(i, "v"))
+        layer.capture = layer.kv is None and ctl.wants_entropy()
+        try:
+            share = not kv and ctl.cfg_share_now and attention_mask is None and hidden_states.shape[0] % 2 == 0
+            if share:
+                half = hidden_states.shape[0] // 2
+                cond = hidden_states[:half] if cfg.cfg_layout == "cond_first" else hidden_states[half:]
+                o = orig(cond, encoder_hidden_states, attention_mask, **kwargs)  # (B/2, N, D)
+                out = torch.cat([o, o])
+                ctl.cfg_shared += 1
+            else:
+                out = orig(hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        finally:
+            layer.kv, layer.capture = None, False
+        if not kv:
+            ctl.store(i, "out", out)
+        if layer.q is not None and layer.k is not None:
+            ctl.set_entropy(i, sampled_attention_entropy(layer.q, layer.k, m.heads, cfg.entropy_rows,
+                                                         cfg.entropy_heads, m.scale))
+        layer.q = layer.k = None
+        return out
+
+    _patch_forward(m, forward, layer)
+    if kv:
+        for j, (proj, kind) in enumerate(((m.to_k, "k"), (m.to_v, "v"))):
+            proj_orig = proj.forward
+
+            def proj_forward(x, _orig=proj_orig, _kind=kind, _j=j):
+                if layer.kv is not None:
+                    return layer.kv[_j]
+                y = _orig(x)
+                ctl.store(i, _kind, y)
+                return y
+
+            _patch_forward(proj, proj_forward, layer)
+
+
+def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = None, scheduler=None,
+               prompt_length: int | None = None) -> DQARController:
+    """Attach DQAR to every self-attention module of `transformer` and return its controller.
+
+    `config` is a DQARConfig, a preset name, or None for the `"dqar"` preset. Give the pipeline's
+    `scheduler` so that SNR_t uses its noise schedule and device timesteps are never read back.
+    """
+    if config is None:
+        config = DQARConfig.preset("dqar")
+    elif isinstance(config, str):
+        config = DQARConfig.preset(config)
+    elif not isinstance(config, DQARConfig):
+        raise TypeError(f"config must be a DQARConfig, a preset name or None, got {type(config).__name__}")
+    if getattr(transformer, _ATTR, None) is not None:
+        raise RuntimeError(f"DQAR is already attached to this {type(transformer).__name__}; call remove_dqar first")
+    mods = self_attention_modules(transformer)
+    if not mods:
+        raise ValueError(f"{type(transformer).__name__} has no diffusers self-attention (Attention) modules "
+                         "to attach DQAR to")
+    ctl = DQARController(config, [n for n, _ in mods], scheduler, prompt_length)
+    layers = [_Layer(i, m) for i, (_, m) in enumerate(mods)]
+    for layer in layers:
+        _attach_layer(ctl, layer)
+
+    params = inspect.signature(transformer.forward)
+
+    def pre(_mod, args, kwargs):
+        bound = params.bind_partial(*args, **kwargs).arguments
+        ctl.begin_step(ctl.host_timestep(bound.get("timestep")))
+
+    def post(_mod, args, kwargs, output):
+        bound = params.bind_partial(*args, **kwargs).arguments
+        out = output.sample if hasattr(output, "sample") else output[0]
+        ctl.end_step(bound["hidden_states"], out)
+
+    ctl._layers = layers
+    ctl._handles = [transformer.register_forward_pre_hook(pre, with_kwargs=True),
+                    transformer.register_forward_hook(post, with_kwargs=True)]
+    setattr(transformer, _ATTR, ctl)
+    return ctl
+
+
+def remove_dqar(transformer: torch.nn.Module) -> DQARController | None:
+    """Detach DQAR and restore the model exactly; returns the controller (None if nothing was attached)."""
+    ctl = getattr(transformer, _ATTR, None)
+    if ctl is None:
+        return None
+    for h in ctl._handles:
+        h.remove()
+    for layer in ctl._layers:
+        for h in layer.handles:
+            h.remove()
+        for mod in layer.patched:
+            del mod.forward
+    ctl.cache.clear()
+    delattr(transformer, _ATTR)
+    return ctl
+
+
+def get_controller(transformer: torch.nn.Module) -> DQARController | None:
+    return getattr(transformer, _ATTR, None)

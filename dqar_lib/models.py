@@ -1,0 +1,102 @@
+"""Model factories: the embedded CIFAR-10 DiT, tiny random DiT / PixArt for tests, real models by hub id.
+
+Sizes are small config factories collected in one dict, as in DiT's models.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
+
+from .artifacts import DATA
+
+DEFAULT_MODEL = DATA / "models" / "cifar10-dit"
+NUM_CLASSES = 10  # CIFAR-10; the null class for CFG is index 10
+
+
+def cifar_dit(patch_size: int = 4, width: int = 192, depth: int = 8, heads: int = 4) -> DiTTransformer2DModel:
+    """Class-conditional pixel-space DiT for 32x32x3 images, 10 classes + the null class."""
+    if width % heads:
+        raise ValueError(f"width={width} is not divisible by heads={heads}")
+    return DiTTransformer2DModel(
+        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=3, out_channels=3,
+        num_layers=depth, sample_size=32, patch_size=patch_size, num_embeds_ada_norm=NUM_CLASSES,
+    )
+
+
+def tiny_dit(depth: int = 3, sample_size: int = 8) -> DiTTransformer2DModel:
+    """A tiny random DiT (3 channels, 10 classes) for tests and the walkthrough."""
+    torch.manual_seed(0)
+    return DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=3, out_channels=3, num_layers=depth,
+        sample_size=sample_size, patch_size=2, num_embeds_ada_norm=NUM_CLASSES,
+    ).eval()
+
+
+def tiny_pixart(depth: int = 2, sample_size: int = 8) -> PixArtTransformer2DModel:
+    """A tiny random PixArt-style transformer (self- and cross-attention) for tests."""
+    torch.manual_seed(0)
+    return PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=depth,
+        cross_attention_dim=16, caption_channels=16, sample_size=sample_size, patch_size=2,
+        use_additional_conditions=False,
+    ).eval()
+
+
+# Real architectures, by hub id, with the configs used for random-weight speed runs where the hub is unreachable.
+REAL_MODELS = {
+    "facebook/DiT-XL-2-256": dict(cls=DiTTransformer2DModel, subfolder="transformer", config=dict(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        sample_size=32, patch_size=2, num_embeds_ada_norm=1000)),
+    "facebook/DiT-XL-2-512": dict(cls=DiTTransformer2DModel, subfolder="transformer", config=dict(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        sample_size=64, patch_size=2, num_embeds_ada_norm=1000)),
+    "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": dict(cls=PixArtTransformer2DModel, subfolder="transformer", config=dict(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        cross_attention_dim=1152, caption_channels=4096, sample_size=128, patch_size=2,
+        use_additional_conditions=False, interpolation_scale=2)),
+}
+
+
+def random_real(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A real architecture with random weights (speed depends on the architecture, not the weights)."""
+    if name not in REAL_MODELS:
+        raise ValueError(f"unknown real model {name!r}; known: {sorted(REAL_MODELS)}")
+    spec = REAL_MODELS[name]
+    return spec["cls"](**spec["config"]).to(dtype).eval()
+
+
+def load_model(name_or_path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Load the shipped default (no argument), a local diffusers-format model, or a hub id (Colab)."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    path = Path(name_or_path)
+    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path) not in REAL_MODELS:
+        if not path.exists():
+            raise FileNotFoundError(f"model path not found: {path}")
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{path} is not a diffusers model folder: {config} is missing")
+        cls = PixArtTransformer2DModel if "PixArt" in config.read_text() else DiTTransformer2DModel
+        try:
+            return cls.from_pretrained(path, torch_dtype=dtype).eval()
+        except Exception as e:  # safetensors/json errors name no file; say which
+            files = ", ".join(str(p) for p in sorted(path.glob("*.safetensors"))) or str(config)
+            raise ValueError(f"could not load the model in {files}: {e}") from None
+    return _load_from_hub(str(name_or_path), dtype)
+
+
+def _load_from_hub(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise ConnectionError(
+            f"cannot reach the Hugging Face hub to load {name!r}: this machine is offline. Run the notebook on "
+            "Colab (see the Reproduce part of the book), or pass a local diffusers-format folder."
+        ) from None
+    spec = REAL_MODELS[name]
+    return spec["cls"].from_pretrained(name, subfolder=spec["subfolder"], torch_dtype=dtype).eval()

@@ -1,0 +1,156 @@
+"""Training the embedded CIFAR-10 DiT: DDPM epsilon loss, EMA, resumable checkpoints, loss log in data/."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from .artifacts import atomic_write, write_result
+from .data import load_cifar10, to_tensor
+from .models import cifar_dit
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the embedded model's training run."""
+
+    patch_size: int = 4  # 4 -> 64 tokens (CPU); 2 -> 256 tokens (GPU)
+    width: int = 192
+    depth: int = 8
+    heads: int = 4
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    ema_decay: float = 0.9995
+    grad_clip: float = 1.0
+    total_steps: int = 60_000  # an upper bound; a run stops earlier at max_minutes and resumes later
+    max_minutes: float = 60.0
+    ckpt_every_minutes: float = 5.0
+    guidance_scale: float = 4.0  # recorded with the model: sample()'s default for it
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("patch_size", "width", "depth", "heads", "batch_size", "total_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """The training noise schedule (linear betas, 1000 steps, epsilon prediction), as in DDPM's CIFAR-10 model."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         prediction_type="epsilon", clip_sample=True)
+
+
+def _save_ckpt(path: Path, state: dict) -> None:
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def export(ema: torch.nn.Module, out_dir: Path, cfg: TrainConfig, log: list, step: int, seconds: float) -> None:
+    """Save the EMA weights in diffusers format (fp16 safetensors) with the loss curve and its manifest."""
+    model = copy.deepcopy(ema).to(torch.float16)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    sched = noise_scheduler()
+    sched.save_pretrained(out_dir / "scheduler")
+    (out_dir / "dqar_model.json").write_text(json.dumps(
+        {"guidance_scale": cfg.guidance_scale, "num_classes": 10, "null_class": 10, "data": "CIFAR-10 (JPEG)",
+         "pixel_space": True}, indent=1))
+    write_result(out_dir / "train_log.json",
+                 {"loss": log, "steps": step, "images_seen": step * cfg.batch_size, "train_seconds": seconds},
+                 params=asdict(cfg))
+
+
+def train_dit(cfg: TrainConfig, out_dir: Path | str, ckpt: Path | str, device: str = "cpu") -> dict:
+    """Train (or resume) the embedded DiT until total_steps or max_minutes; export the EMA model to out_dir."""
+    out_dir, ckpt = Path(out_dir), Path(ckpt)
+    torch.manual_seed(cfg.seed)
+    x, y = load_cifar10("train")
+    x, y = to_tensor(x), torch.from_numpy(y)  # (50000, 3, 32, 32) in [-1, 1], (50000,)
+    model = cifar_dit(cfg.patch_size, cfg.width, cfg.depth, cfg.heads).to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = noise_scheduler()
+    step, seconds, log = 0, 0.0, []
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, seconds, log = state["step"], state["seconds"], state["log"]
+        torch.set_rng_state(state["rng"])
+    elif (out_dir / "config.json").is_file():  # no optimizer state: warm-start from the exported EMA weights
+        exported = type(model).from_pretrained(out_dir, torch_dtype=torch.float32)
+        model.load_state_dict(exported.state_dict())
+        ema.load_state_dict(exported.state_dict())
+        prev = json.loads((out_dir / "train_log.json").read_text())["result"]
+        step, seconds, log = prev["steps"], prev["train_seconds"], prev["loss"]
+    acp = sched.alphas_cumprod.to(device)
+    t0 = last_ckpt = time.time()
+    run_loss, run_n = 0.0, 0
+    bar = tqdm(total=cfg.total_steps, initial=step, desc="train DiT", mininterval=10)
+    while step < cfg.total_steps and time.time() - t0 < cfg.max_minutes * 60:
+        idx = torch.randint(0, x.shape[0], (cfg.batch_size,))
+        x0 = x[idx].to(device)
+        flip = torch.rand(cfg.batch_size, device=device) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)  # random horizontal flip
+        labels = y[idx].to(device)  # the model drops labels to the null class with p=0.1 itself
+        t = torch.randint(0, 1000, (cfg.batch_size,), device=device)
+        eps = torch.randn_like(x0)
+        a = acp[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        loss = F.mse_loss(model(x_t, timestep=t, class_labels=labels).sample, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        opt.step()
+        step += 1
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        run_loss, run_n = run_loss + loss.item(), run_n + 1
+        if step % 100 == 0:
+            log.append([step, run_loss / run_n])
+            bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
+            run_loss, run_n = 0.0, 0
+        bar.update(1)
+        if time.time() - last_ckpt > cfg.ckpt_every_minutes * 60:
+            elapsed = seconds + time.time() - t0
+            _save_ckpt(ckpt, dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
+                                  seconds=elapsed, log=log, rng=torch.get_rng_state(), config=asdict(cfg)))
+            export(ema, out_dir, cfg, log, step, elapsed)
+            last_ckpt = time.time()
+    bar.close()
+    seconds += time.time() - t0
+    _save_ckpt(ckpt, dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
+                          seconds=seconds, log=log, rng=torch.get_rng_state(), config=asdict(cfg)))
+    export(ema, out_dir, cfg, log, step, seconds)
+    return {"steps": step, "seconds": seconds, "final_loss": log[-1][1] if log else None}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Train the embedded CIFAR-10 DiT (resumable).")
+    p.add_argument("--out", default="data/models/cifar10-dit")
+    p.add_argument("--ckpt", default="runs/cifar10-dit.pt")
+    p.add_argument("--max-minutes", type=float, default=60.0)
+    p.add_argument("--total-steps", type=int, default=60_000)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(train_dit(TrainConfig(max_minutes=a.max_minutes, total_steps=a.total_steps), a.out, a.ckpt, a.device))
