@@ -38,7 +38,8 @@ def decide(cfg: DQARConfig, v: StepView) -> tuple[bool, str]:
     if cfg.always_reuse:
         return True, "always"
     if cfg.static_plan is not None:
-        ok = v.step < len(cfg.static_plan) and v.layer < len(cfg.static_plan[v.step]) and cfg.static_plan[v.step][v.layer]
+        plan = cfg.static_plan
+        ok = v.step < len(plan) and v.layer < len(plan[v.step]) and plan[v.step][v.layer]
         return bool(ok), "static" if ok else "static_compute"
     if v.s < cfg.warmup or v.post_warmup_step is None:
         return False, "warmup"
@@ -114,7 +115,7 @@ class DQARController:
             return None
         if not torch.is_tensor(t):
             return float(t)
-        if t.device.type != "cpu" and self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
+        if t.device.type != "cpu" and getattr(self.scheduler, "timesteps", None) is not None:
             ts = self.scheduler.timesteps
             if ts is not self._ts_obj:  # set_timesteps was called: a new run, read the schedule once
                 self._ts_obj, self._ts_host, self._calls_since_ts = ts, [float(v) for v in ts.cpu()], 0

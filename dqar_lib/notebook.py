@@ -1,0 +1,25 @@
+"""Helpers for the notebooks' first cells: parameter checks that stop a bad papermill run early."""
+
+from __future__ import annotations
+
+PROFILES = ("smoke", "full")
+
+
+def check_parameters(**params) -> None:
+    """Validate the usual notebook parameters; a bad value raises a ValueError that names the parameter.
+
+    Known names: profile, steps/num_steps, batch, seed(s), scheduler, tau, guidance_scale.
+    """
+    for name, v in params.items():
+        if name == "profile" and v not in PROFILES:
+            raise ValueError(f"parameter profile={v!r} is invalid: expected one of {PROFILES}")
+        if name in ("steps", "num_steps", "batch", "depth") and not (isinstance(v, int) and v > 0):
+            raise ValueError(f"parameter {name}={v!r} is invalid: expected a positive integer")
+        if name == "seed" and not (isinstance(v, int) and v >= 0):
+            raise ValueError(f"parameter seed={v!r} is invalid: expected a non-negative integer")
+        if name == "scheduler" and v not in ("ddim", "dpm"):
+            raise ValueError(f"parameter scheduler={v!r} is invalid: expected 'ddim' or 'dpm'")
+        if name == "tau" and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            raise ValueError(f"parameter tau={v!r} is invalid: expected a number in [0, 1]")
+        if name == "guidance_scale" and not (isinstance(v, (int, float)) and v >= 1.0):
+            raise ValueError(f"parameter guidance_scale={v!r} is invalid: expected a number >= 1")

@@ -1,0 +1,65 @@
+"""Every plot of the book: functions that draw on a given `ax`, with one seaborn style."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+from .tracing import trace_matrix
+
+
+def style() -> None:
+    """The book's look: seaborn whitegrid, colour-blind palette, compact fonts."""
+    sns.set_theme(style="whitegrid", palette="colorblind", context="notebook", font_scale=0.9)
+    plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight"})
+
+
+def reuse_map(ax, trace: list[dict], title: str = "reuse map") -> None:
+    """(layer x step) heatmap: dark where the block reused, light where it recomputed."""
+    m = trace_matrix(trace, "reuse").astype(float).T  # (L, S)
+    sns.heatmap(m, ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, linewidths=0.2, linecolor="white")
+    ax.set(xlabel="step", ylabel="layer (0 = shallowest)", title=title)
+    ax.invert_yaxis()
+
+
+def layer_lines(ax, trace: list[dict], field: str, ylabel: str | None = None, log: bool = False) -> None:
+    """One line per layer of a traced statistic over the steps."""
+    m = trace_matrix(trace, field)  # (S, L)
+    colors = sns.color_palette("viridis", m.shape[1])
+    for i in range(m.shape[1]):
+        ax.plot(np.arange(m.shape[0]), m[:, i], color=colors[i], label=f"layer {i}", lw=1.2)
+    ax.set(xlabel="step", ylabel=ylabel or field, yscale="log" if log else "linear")
+    if m.shape[1] <= 8:
+        ax.legend(fontsize=7, ncol=2)
+
+
+def step_line(ax, trace: list[dict], field: str, ylabel: str | None = None, log: bool = False) -> None:
+    """A per-step statistic (the same for every layer), e.g. SNR_t or ||x_t||."""
+    m = trace_matrix(trace, field)[:, 0]
+    ax.plot(np.arange(len(m)), m, marker="o", ms=3)
+    ax.set(xlabel="step", ylabel=ylabel or field, yscale="log" if log else "linear")
+
+
+def bars(ax, values: dict[str, float], ylabel: str, fmt: str = "{:.0f}") -> None:
+    """Labelled bars, the value written on each."""
+    names, vals = list(values), [values[k] for k in values]
+    sns.barplot(x=names, y=vals, ax=ax, hue=names, legend=False)
+    for i, v in enumerate(vals):
+        ax.text(i, v, fmt.format(v), ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel=ylabel)
+
+
+def image_grid(ax, images, nrow: int, title: str | None = None) -> None:
+    """A grid of (N, 3, H, W) images in [0, 1], `nrow` per row."""
+    x = np.asarray(images.detach().cpu().float()) if hasattr(images, "detach") else np.asarray(images)
+    n, c, h, w = x.shape
+    rows = -(-n // nrow)
+    grid = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1, c))
+    for k in range(n):
+        r, q = divmod(k, nrow)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[k].transpose(1, 2, 0)
+    ax.imshow(grid.clip(0, 1), interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)

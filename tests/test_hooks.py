@@ -1,0 +1,156 @@
+import pytest
+import torch
+from conftest import dit_inputs, pixart_inputs, run_steps
+
+from dqar_lib import DQARConfig, apply_dqar, get_controller, remove_dqar, tiny_dit
+from dqar_lib.hooks import self_attention_modules
+
+MODELS = [("dit", dit_inputs), ("pixart", pixart_inputs)]
+
+
+@pytest.fixture(params=MODELS, ids=[m[0] for m in MODELS])
+def model_and_inputs(request, dit, pixart):
+    return (dit if request.param[0] == "dit" else pixart), request.param[1]
+
+
+def test_off_is_bit_identical(model_and_inputs):
+    model, inputs = model_and_inputs
+    ref = run_steps(model, inputs)
+    ctl = apply_dqar(model, "off")
+    out = run_steps(model, inputs)
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+    assert ctl.stats()["reuse_fraction"] == 0.0
+
+
+def test_remove_restores_bit_identically(model_and_inputs):
+    model, inputs = model_and_inputs
+    ref = run_steps(model, inputs)
+    apply_dqar(model, "always")
+    changed = run_steps(model, inputs)
+    assert remove_dqar(model) is not None
+    assert get_controller(model) is None
+    assert all(torch.equal(a, b) for a, b in zip(ref, run_steps(model, inputs)))
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert not any(torch.equal(a, b) for a, b in zip(ref[1:], changed[1:]))
+
+
+def test_always_reuses_and_changes_output(model_and_inputs):
+    model, inputs = model_and_inputs
+    ref = run_steps(model, inputs)
+    ctl = apply_dqar(model, "always")
+    out = run_steps(model, inputs)
+    s = ctl.stats()
+    n_layers = len(self_attention_modules(model))
+    assert s["per_layer_reuse"] == [4] * n_layers  # 5 steps: the first computes, the other four reuse
+    assert s["reuse_fraction"] == pytest.approx(0.8)
+    assert torch.equal(ref[0], out[0]) and not torch.equal(ref[-1], out[-1])
+
+
+def test_only_self_attention_is_wrapped(pixart):
+    names = [n for n, _ in self_attention_modules(pixart)]
+    assert names and all(n.endswith("attn1") for n in names)
+
+
+def test_trace_has_one_row_per_step_and_layer(model_and_inputs):
+    model, inputs = model_and_inputs
+    ctl = apply_dqar(model, "dqar")
+    run_steps(model, inputs)
+    rows = ctl.trace()
+    L = len(self_attention_modules(model))
+    assert len(rows) == 5 * L
+    assert sorted((r["step"], r["layer"]) for r in rows) == [(s, i) for s in range(5) for i in range(L)]
+    assert [r["t"] for r in rows[::L]] == [900.0, 700.0, 500.0, 300.0, 100.0]
+    assert rows[-1]["H_t"] is not None and 0.0 <= rows[-1]["H_t"] <= 1.0 and rows[-1]["SNR_t"] > 0
+
+
+def test_new_run_resets_state(dit):
+    ctl = apply_dqar(dit, "always")
+    run_steps(dit, dit_inputs)
+    run_steps(dit, dit_inputs)  # t rises again: a new run, first step recomputes
+    assert ctl.stats()["steps"] == 5 and ctl.trace()[0]["reason"] == "missing"
+
+
+def test_attach_twice_is_an_error_remove_twice_a_noop(dit):
+    apply_dqar(dit, "dqar")
+    with pytest.raises(RuntimeError, match="already attached"):
+        apply_dqar(dit, "dqar")
+    assert remove_dqar(dit) is not None
+    assert remove_dqar(dit) is None
+
+
+def test_model_without_attention_is_an_error():
+    with pytest.raises(ValueError, match="no diffusers self-attention"):
+        apply_dqar(torch.nn.Sequential(torch.nn.Linear(2, 2)), "dqar")
+
+
+def test_bad_config_type():
+    with pytest.raises(TypeError, match="config must be"):
+        apply_dqar(tiny_dit(), 3)
+
+
+def test_kv_granularity_reuses_k_and_v(dit):
+    ref = run_steps(dit, dit_inputs)
+    ctl = apply_dqar(dit, DQARConfig.preset("always", granularity="kv"))
+    out = run_steps(dit, dit_inputs)
+    assert ctl.stats()["reuse_fraction"] == pytest.approx(0.8)
+    assert {k for (_, k) in ctl.cache._entries} == {"k", "v"}
+    assert not torch.equal(ref[-1], out[-1])
+
+
+def test_batch_change_invalidates_and_recomputes(dit):
+    ctl = apply_dqar(dit, "always")
+    with torch.no_grad():
+        dit(**dit_inputs(batch=4, t=900))
+        out = dit(**dit_inputs(batch=2, t=800))
+    remove_dqar(dit)
+    with torch.no_grad():
+        ref = dit(**dit_inputs(batch=2, t=800))
+    assert ctl.stats()["invalidated"] == 3 and ctl.stats()["reuse_fraction"] == 0.0
+    assert torch.equal(out.sample, ref.sample)
+
+
+def test_nan_in_cache_is_recomputed_and_counted(dit):
+    ctl = apply_dqar(dit, "always")
+    with torch.no_grad():
+        dit(**dit_inputs(t=900))
+        entry = ctl.cache._entries[(0, "out")]
+        entry.q.data[0, 0, 0] = float("nan")
+        entry.finite = type(entry.finite)(torch.isfinite(entry.q.data).all())
+        out = dit(**dit_inputs(t=800)).sample
+    assert ctl.stats()["nonfinite"] == 1 and ctl.trace()[3]["reason"] == "nonfinite"
+    assert torch.isfinite(out).all()
+
+
+def test_budget_zero_never_reuses(dit):
+    ref = run_steps(dit, dit_inputs)
+    ctl = apply_dqar(dit, DQARConfig.preset("always", cache_budget_bytes=0))
+    out = run_steps(dit, dit_inputs)
+    assert ctl.stats()["refused"] == 15 and ctl.stats()["reuse_fraction"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+
+
+def test_int8_cache_is_smaller_than_fp32(dit):
+    sizes = {}
+    for mode in ("fp32", "fp16", "int8_tensor", "int8_channel"):
+        ctl = apply_dqar(dit, DQARConfig.preset("always", cache_mode=mode))
+        run_steps(dit, dit_inputs)
+        sizes[mode] = ctl.stats()["cache_bytes"]
+        remove_dqar(dit)
+    assert sizes["int8_tensor"] < sizes["fp16"] < sizes["fp32"]
+    assert sizes["int8_channel"] < sizes["fp16"]
+
+
+def test_cfg_sharing_copies_the_conditional_half(dit):
+    cfg = DQARConfig.preset("dqar", warmup=0.0, cfg_share=True, cfg_share_start=0.0, max_reuse_streak=0)
+    ctl = apply_dqar(dit, cfg)
+    seen = []
+    attn0 = self_attention_modules(dit)[0][1]
+    attn0.register_forward_hook(lambda mod, args, kwargs, out: seen.append((args, kwargs, out)), with_kwargs=True)
+    with torch.no_grad():
+        dit(**dit_inputs(t=900, batch=4))  # step 0 never shares
+        dit(**dit_inputs(t=800, batch=4))
+    (a0, k0, o0), (a1, k1, o1) = seen
+    x1 = a1[0] if a1 else k1["hidden_states"]
+    assert not torch.equal(x1[0], x1[2])  # the halves differ at the input ...
+    assert torch.equal(o1[:2], o1[2:]) and not torch.equal(o0[:2], o0[2:])  # ... and share the output
+    assert ctl.stats()["cfg_shared"] == len(self_attention_modules(dit))
