@@ -96,6 +96,7 @@ def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_s
             x = sched.step(eps, t, x).prev_sample
         if device.type == "cuda":
             torch.cuda.synchronize()
+        stats = ctl.stats() if ctl is not None else {}
     finally:
         if attached:
             remove_dqar(model)
@@ -105,5 +106,4 @@ def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_s
         images = (vae.decode(x / vae.config.scaling_factor).sample.float().clamp(-1, 1) + 1) / 2
     elif c == 3:
         images = (x.float().clamp(-1, 1) + 1) / 2
-    return SampleResult(images.cpu() if images is not None else None, x.cpu(), ctl,
-                        ctl.stats() if ctl is not None else {}, seconds)
+    return SampleResult(images.cpu() if images is not None else None, x.cpu(), ctl, stats, seconds)

@@ -3,8 +3,6 @@ import torch
 
 from dqar_lib import tiny_dit, tiny_pixart
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture
 def dit():

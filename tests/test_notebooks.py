@@ -1,0 +1,26 @@
+"""Papermill smoke run of every notebook, and a bad parameter that must stop a notebook early."""
+
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(nb, tmp_path):
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"profile": "smoke"}, cwd=str(nb.parent),
+                        progress_bar=False, kernel_name="python3")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_bad_profile_stops_early(nb, tmp_path):
+    out = tmp_path / nb.name
+    with pytest.raises(pm.PapermillExecutionError, match="profile='fast' is invalid"):
+        pm.execute_notebook(str(nb), str(out), parameters={"profile": "fast"}, cwd=str(nb.parent),
+                            progress_bar=False, kernel_name="python3")
