@@ -5,6 +5,7 @@ Sizes are small config factories collected in one dict, as in DiT's models.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -81,18 +82,27 @@ def load_model(name_or_path: str | Path | None = None, dtype: torch.dtype = torc
             raise FileNotFoundError(f"{path} is not a diffusers model folder: {config} is missing")
         cls = PixArtTransformer2DModel if "PixArt" in config.read_text() else DiTTransformer2DModel
         try:
-            return cls.from_pretrained(path, torch_dtype=dtype).eval()
+            model = cls.from_pretrained(path, torch_dtype=dtype).eval()
         except Exception as e:  # safetensors/json errors name no file; say which
             files = ", ".join(str(p) for p in sorted(path.glob("*.safetensors"))) or str(config)
             raise ValueError(f"could not load the model in {files}: {e}") from None
+        meta = path / "dqar_model.json"
+        model.dqar_meta = json.loads(meta.read_text()) if meta.is_file() else {}
+        return model
     return _load_from_hub(str(name_or_path), dtype)
 
 
 def _load_from_hub(name: str, dtype: torch.dtype) -> torch.nn.Module:
     import socket
+    from urllib.parse import urlparse
 
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((host, 443), timeout=3).close()
     except OSError:
         raise ConnectionError(
             f"cannot reach the Hugging Face hub to load {name!r}: this machine is offline. Run the notebook on "
