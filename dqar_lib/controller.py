@@ -31,8 +31,11 @@ class StepView:
     p_reuse: float | None = None
 
 
-def decide(cfg: DQARConfig, v: StepView) -> tuple[bool, str]:
-    """Whether layer v.layer may reuse at this step, and why: a pure function of the config and host numbers."""
+def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, str]:
+    """Whether layer v.layer may reuse at this step, and why: a pure function of the config and host numbers.
+
+    `p` is the prompt length in tokens (None for class labels), which sets the entropy threshold tau(p).
+    """
     if not cfg.enabled:
         return False, "off"
     if cfg.always_reuse:
@@ -55,7 +58,8 @@ def decide(cfg: DQARConfig, v: StepView) -> tuple[bool, str]:
     if cfg.use_policy:
         ok = v.p_reuse is not None and v.p_reuse >= cfg.policy_threshold
         return ok, "policy" if ok else "policy_compute"
-    if cfg.use_entropy_gate and not gates.entropy_gate(v.H_t, gates.tau_for_prompt(cfg.tau, None)):
+    tau = gates.tau_for_prompt(cfg.tau, p, cfg.tau_slope, cfg.p_ref)
+    if cfg.use_entropy_gate and not gates.entropy_gate(v.H_t, tau):
         return False, "entropy"
     if cfg.use_snr_gate and not gates.snr_gate(v.snr_t, cfg.snr_lo, cfg.snr_hi):
         return False, "snr"
@@ -75,7 +79,7 @@ class DQARController:
         self.layer_names = list(layer_names)
         self.num_layers = len(layer_names)
         self.scheduler = scheduler
-        self.prompt_length = prompt_length
+        self.prompt_length = self._fixed_prompt_length = prompt_length
         self.num_train_timesteps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000))
         self.cache = ReuseCache(config.cache_budget_bytes)
         self.policy = None
@@ -124,11 +128,16 @@ class DQARController:
             return t_host
         return float(t.reshape(-1)[0])  # a CPU read, or a device read when no scheduler was given
 
-    def begin_step(self, t: float | None) -> None:
-        """Start a step at host timestep t: a rise in t starts a new run; then plan every layer."""
+    def begin_step(self, t: float | None, prompt_length=None) -> None:
+        """Start a step at host timestep t: a rise in t starts a new run; then plan every layer.
+
+        `prompt_length` (an int, or a callable giving one) is read once per run, at its first step.
+        """
         if t is not None and self.t is not None and t > self.t:
             self.reset()
         self.step += 1
+        if self.step == 0 and prompt_length is not None and self._fixed_prompt_length is None:
+            self.prompt_length = prompt_length() if callable(prompt_length) else prompt_length
         self.t = t
         self.s = progress(t, self.num_train_timesteps) if t is not None else 0.0
         if self._post_warmup is None and self.step > 0 and self.s >= self.config.warmup:
@@ -139,7 +148,8 @@ class DQARController:
         snr = host_float(self.snr)
         p = self._policy_probs(H, snr) if self.policy is not None else [None] * self.num_layers
         self.plan = [decide(self.config, StepView(self.step, self.s, i, self.num_layers, H[i], snr, self.streak[i],
-                                                  self._post_warmup, p[i])) for i in range(self.num_layers)]
+                                                  self._post_warmup, p[i]), self.prompt_length)
+                     for i in range(self.num_layers)]
 
     def _policy_probs(self, H: list, snr: float | None) -> list[float]:
         from .policy import policy_features

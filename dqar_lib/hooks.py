@@ -98,12 +98,22 @@ def _attach_layer(ctl: DQARController, layer: _Layer) -> None:
             _patch_forward(proj, proj_forward, layer)
 
 
+def _prompt_tokens(bound: dict) -> int | None:
+    """Prompt length p for tau(p): the largest count of unmasked text tokens, or None for class labels."""
+    mask = bound.get("encoder_attention_mask")
+    if mask is not None:
+        return int(mask.reshape(mask.shape[0], -1).sum(-1).max())
+    text = bound.get("encoder_hidden_states")
+    return int(text.shape[1]) if text is not None else None
+
+
 def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = None, scheduler=None,
                prompt_length: int | None = None) -> DQARController:
     """Attach DQAR to every self-attention module of `transformer` and return its controller.
 
     `config` is a DQARConfig, a preset name, or None for the `"dqar"` preset. Give the pipeline's
     `scheduler` so that SNR_t uses its noise schedule and device timesteps are never read back.
+    `prompt_length` fixes p in tau(p); otherwise it is read from the text inputs at each run's first step.
     """
     if config is None:
         config = DQARConfig.preset("dqar")
@@ -126,7 +136,7 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
 
     def pre(_mod, args, kwargs):
         bound = params.bind_partial(*args, **kwargs).arguments
-        ctl.begin_step(ctl.host_timestep(bound.get("timestep")))
+        ctl.begin_step(ctl.host_timestep(bound.get("timestep")), lambda: _prompt_tokens(bound))
 
     def post(_mod, args, kwargs, output):
         bound = params.bind_partial(*args, **kwargs).arguments

@@ -154,3 +154,40 @@ def test_cfg_sharing_copies_the_conditional_half(dit):
     assert not torch.equal(x1[0], x1[2])  # the halves differ at the input ...
     assert torch.equal(o1[:2], o1[2:]) and not torch.equal(o0[:2], o0[2:])  # ... and share the output
     assert ctl.stats()["cfg_shared"] == len(self_attention_modules(dit))
+
+
+def test_prompt_length_sets_tau(pixart):
+    ctl = apply_dqar(pixart, DQARConfig.preset("entropy", tau_slope=0.1, p_ref=77))
+    run_steps(pixart, pixart_inputs)
+    assert ctl.prompt_length == 5  # tokens of encoder_hidden_states
+    remove_dqar(pixart)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    ctl = apply_dqar(pixart, "dqar")
+    with torch.no_grad():
+        pixart(**pixart_inputs(), encoder_attention_mask=mask)
+    assert ctl.prompt_length == 3
+    remove_dqar(pixart)
+    assert apply_dqar(pixart, "dqar", prompt_length=120).prompt_length == 120
+
+
+def test_diffusers_pipeline_runs_unchanged():
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000).eval()
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4, sample_size=16).eval()
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler())
+
+    def run():
+        return pipe([1, 2], num_inference_steps=6, guidance_scale=2.0, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    ref = run()
+    ctl = apply_dqar(pipe.transformer, "off", scheduler=pipe.scheduler)
+    assert (run() == ref).all()
+    remove_dqar(pipe.transformer)
+    ctl = apply_dqar(pipe.transformer, "always", scheduler=pipe.scheduler)
+    out = run()
+    assert ctl.stats()["steps"] == 6 and ctl.stats()["reuse_fraction"] == pytest.approx(5 / 6)
+    assert not (out == ref).all()
