@@ -82,7 +82,7 @@ def load_model(name_or_path: str | Path | None = None, dtype: torch.dtype = torc
             raise FileNotFoundError(f"{path} is not a diffusers model folder: {config} is missing")
         cls = PixArtTransformer2DModel if "PixArt" in config.read_text() else DiTTransformer2DModel
         try:
-            model = cls.from_pretrained(path, torch_dtype=dtype).eval()
+            model = cls.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).eval()
         except Exception as e:  # safetensors/json errors name no file; say which
             files = ", ".join(str(p) for p in sorted(path.glob("*.safetensors"))) or str(config)
             raise ValueError(f"could not load the model in {files}: {e}") from None

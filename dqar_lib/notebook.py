@@ -17,6 +17,10 @@ def check_parameters(**params) -> None:
             raise ValueError(f"parameter {name}={v!r} is invalid: expected a positive integer")
         if name == "seed" and not (isinstance(v, int) and v >= 0):
             raise ValueError(f"parameter seed={v!r} is invalid: expected a non-negative integer")
+        ok_list = isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(s, int) and s >= 0 for s in v)
+        if name == "seeds" and not ok_list:
+            raise ValueError(f"parameter seeds={v!r} is invalid: expected a non-empty list of non-negative integers "
+                             "(with papermill: -y 'seeds: [0, 1]')")
         if name == "scheduler" and v not in ("ddim", "dpm"):
             raise ValueError(f"parameter scheduler={v!r} is invalid: expected 'ddim' or 'dpm'")
         if name == "tau" and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):

@@ -63,3 +63,27 @@ def image_grid(ax, images, nrow: int, title: str | None = None) -> None:
     ax.set_axis_off()
     if title:
         ax.set_title(title)
+
+
+def heatmap(ax, m, title: str, cbar_label: str, log: bool = False, cmap: str = "mako_r") -> None:
+    """(steps, layers) matrix drawn as a (layer x step) heatmap, layer 0 at the bottom."""
+    from matplotlib.colors import LogNorm
+
+    m = np.asarray(m, dtype=float).T  # (L, S)
+    norm = LogNorm(vmin=np.nanmin(m[m > 0]), vmax=np.nanmax(m)) if log else None
+    sns.heatmap(m, ax=ax, cmap=cmap, norm=norm, cbar_kws={"label": cbar_label}, xticklabels=5, yticklabels=1)
+    ax.set(xlabel="step", ylabel="layer", title=title)
+    ax.invert_yaxis()
+
+
+def scatter_rank(ax, x, y, xlabel: str, ylabel: str, logx: bool = False, logy: bool = False) -> float:
+    """Scatter of y against x with Spearman's rho in the title; returns rho."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    rho = float(spearmanr(x[ok], y[ok]).statistic)
+    ax.scatter(x[ok], y[ok], s=4, alpha=0.35)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear",
+           title=f"Spearman rho = {rho:.2f}")
+    return rho

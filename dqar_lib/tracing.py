@@ -18,3 +18,51 @@ def trace_matrix(trace: list[dict], field: str) -> np.ndarray:
         if v is not None:
             m[r["step"], r["layer"]] = v
     return m
+
+
+def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddim", seed: int = 0,
+                 guidance_scale: float | None = None, progress: bool = False) -> list[dict]:
+    """Full-compute sampling run that records, per (step, layer), what a reuse decision would face.
+
+    Each row: step, t, layer, H_t / SNR_t / x_norm as the controller saw them before the step (one step
+    late, exactly what the gates read), and the change of the block's attention output against the
+    previous step — `rel_l2` = ||A_s - A_{s-1}|| / ||A_s|| and `cosine` — the error that reusing
+    step s-1's output at step s would make. Step 0 has no previous output (NaN).
+    """
+    import torch
+
+    from .config import DQARConfig
+    from .hooks import self_attention_modules
+    from .sampling import sample
+
+    prev: dict[int, torch.Tensor] = {}
+    change: list[tuple[float, float]] = []  # in call order: (step, layer) row-major
+
+    def hook(i):
+        def fn(_mod, _args, out):
+            o = out.detach().float().flatten(1)  # (B, N*D)
+            if i in prev:
+                p = prev[i]
+                rel = ((o - p).norm() / o.norm().clamp_min(1e-12)).item()
+                cos = torch.nn.functional.cosine_similarity(o, p, dim=1).mean().item()
+            else:
+                rel = cos = float("nan")
+            prev[i] = o
+            change.append((rel, cos))
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(self_attention_modules(model))]
+    try:
+        res = sample(model, class_labels, num_steps=num_steps, scheduler=scheduler, seed=seed,
+                     guidance_scale=guidance_scale, dqar=DQARConfig.preset("off", collect_stats=True),
+                     progress=progress)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = res.controller.trace()
+    if len(rows) != len(change):
+        raise RuntimeError(f"trace has {len(rows)} rows but {len(change)} attention calls were seen")
+    for r, (rel, cos) in zip(rows, change):
+        r.update(rel_l2=rel, cosine=cos, scheduler=scheduler, seed=seed, num_steps=num_steps)
+        del r["reuse"], r["reason"]
+    return rows

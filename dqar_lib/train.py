@@ -144,7 +144,7 @@ if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description="Train the embedded CIFAR-10 DiT (resumable).")
-    p.add_argument("--out", default="data/models/cifar10-dit")
+    p.add_argument("--out", default="runs/export", help="export folder; copy it to data/models/ to ship it")
     p.add_argument("--ckpt", default="runs/cifar10-dit.pt")
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--total-steps", type=int, default=60_000)

@@ -1,0 +1,196 @@
+"""The timing protocol (DESIGN.md section 6): warm up, synchronise, median of repeats, reuse and FLOPs beside time.
+
+    rows = bench_sampling(model, labels, {"full": None, "dqar": DQARConfig()}, num_steps=20)
+    write_bench("data/results/bench.json", rows, params)
+
+Every method runs in one process on the same seed, labels, steps and scheduler; repeats are interleaved
+round-robin so that machine noise falls on all methods alike. Speedups are ratios to the first method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .artifacts import write_result
+from .config import DQARConfig
+from .flops import attention_ceiling, dqar_flops, forward_flops
+from .metrics import psnr, ssim
+from .sampling import SCHEDULERS, default_guidance, sample
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _time_once(fn: Callable, device: torch.device):
+    """Run fn once; return (milliseconds, its result). CUDA: events around it, synchronised."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end), out
+    t0 = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def _summary(times_ms: list[float]) -> dict:
+    q = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
+    return dict(median_ms=statistics.median(times_ms), min_ms=min(times_ms), max_ms=max(times_ms),
+                iqr_ms=q[2] - q[0], times_ms=list(times_ms))
+
+
+def _check_counts(warmup, repeats) -> None:
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+
+
+def time_fn(fn: Callable, warmup: int = 2, repeats: int = 5, device=None) -> dict:
+    """Time `fn()`: `warmup` untimed calls, then `repeats` timed ones.
+
+    Returns median_ms, min_ms, max_ms, iqr_ms, times_ms, and on CUDA peak_memory_bytes (the peak allocated
+    over the timed calls, after reset_peak_memory_stats); on CPU peak_memory_bytes is None.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+    _check_counts(warmup, repeats)
+    dev = _device(device)
+    for _ in range(warmup):
+        fn()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = [_time_once(fn, dev)[0] for _ in range(repeats)]
+    out = _summary(times)
+    out["peak_memory_bytes"] = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    return out
+
+
+def _resolve(cfg) -> DQARConfig | None:
+    return DQARConfig.preset(cfg) if isinstance(cfg, str) else cfg
+
+
+def _changed_fields(cfg: DQARConfig | None) -> dict | None:
+    """The fields of a config that differ from DQARConfig's defaults (None for full compute)."""
+    if cfg is None:
+        return None
+    now, default = dataclasses.asdict(cfg), dataclasses.asdict(DQARConfig())
+    return {k: v for k, v in now.items() if v != default[k]}
+
+
+def _transformer_blocks(model) -> list[torch.nn.Module]:
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks is None:
+        raise ValueError(f"compile=True needs a model with `transformer_blocks`; {type(model).__name__} has none")
+    return list(blocks)
+
+
+def _run_flops(model, batch: int, cfg: DQARConfig | None, stats: dict) -> float:
+    """Analytic FLOPs of one forward as it ran: per-layer reuse fractions and CFG sharing from the controller."""
+    if cfg is None or not stats:
+        return float(forward_flops(model, batch)["total"])
+    reused, computed = stats["per_layer_reuse"], stats["per_layer_compute"]
+    calls = [r + c for r, c in zip(reused, computed)]
+    frac = [r / n if n else 0.0 for r, n in zip(reused, calls)]
+    shared = stats.get("cfg_shared", 0) / sum(calls) if sum(calls) else 0.0
+    return float(dqar_flops(model, batch, frac, cfg.granularity, cfg_shared=shared))
+
+
+def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int = 20, scheduler: str = "ddim",
+                   guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, warmup: int = 1,
+                   compile: bool = False, compile_options: dict | None = None, progress: bool = True) -> list[dict]:
+    """Time `dqar_lib.sample` for each named method (a DQARConfig, a preset name, or None for full compute).
+
+    Each method runs `warmup` untimed and `repeats` timed samplings, interleaved round-robin. One row per
+    method: times (whole sampling call; median, spread, per image, per step), speedup against the first
+    method (normally None = full compute), reuse fraction, analytic FLOPs per image (all steps) and their
+    ratio, the attention ceiling, and PSNR/SSIM of its images against the first method's (None without images).
+    `compile=True` compiles each transformer block (`block.compile(**compile_options)`) for the run and
+    undoes it afterwards.
+    """
+    if not configs:
+        raise ValueError(f"configs must name at least one method, got {configs!r}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if not isinstance(num_steps, int) or num_steps <= 0:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    _check_counts(warmup, repeats)
+    methods = {name: _resolve(cfg) for name, cfg in configs.items()}
+    bad = {k: type(v).__name__ for k, v in methods.items() if v is not None and not isinstance(v, DQARConfig)}
+    if bad:
+        raise ValueError(f"configs values must be a DQARConfig, a preset name or None; got {bad}")
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
+    dev = next(model.parameters()).device
+    blocks = _transformer_blocks(model) if compile else []
+    for block in blocks:
+        block.compile(**(compile_options or {}))
+    times = {name: [] for name in methods}
+    results = {}
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    peak = dict.fromkeys(methods)
+    try:
+        bar = tqdm(total=(warmup + repeats) * len(methods), desc="bench", disable=not progress, leave=False)
+        for r in range(warmup + repeats):
+            for name, cfg in methods.items():
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
+                ms, results[name] = _time_once(lambda cfg=cfg: sample(
+                    model, labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler,
+                    dqar=cfg, progress=False), dev)
+                if r >= warmup:
+                    times[name].append(ms)
+                    if dev.type == "cuda":
+                        peak[name] = max(peak[name] or 0, torch.cuda.max_memory_allocated(dev))
+                bar.update()
+        bar.close()
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None  # undo nn.Module.compile()
+    return _rows(model, labels, methods, times, results, peak, num_steps, guidance, compile)
+
+
+def _rows(model, labels, methods, times, results, peak, num_steps, guidance, compiled) -> list[dict]:
+    n = labels.numel()
+    batch = n * (2 if guidance > 1.0 else 1)
+    base_name = next(iter(methods))
+    base = results[base_name]
+    base_ms = statistics.median(times[base_name])
+    base_flops = None
+    ceiling = attention_ceiling(model, batch)
+    rows = []
+    for name, cfg in methods.items():
+        res, s = results[name], _summary(times[name])
+        flops = num_steps * _run_flops(model, batch, cfg, res.stats) / n
+        base_flops = flops if base_flops is None else base_flops
+        same = res.images is not None and base.images is not None
+        rows.append(dict(
+            method=name, baseline=base_name, config=_changed_fields(cfg), compiled=compiled,
+            images=n, steps=num_steps, **s, ms_per_image=s["median_ms"] / n, ms_per_step=s["median_ms"] / num_steps,
+            speedup=base_ms / s["median_ms"], reuse_fraction=res.stats.get("reuse_fraction", 0.0),
+            flops_per_image=flops, flops_ratio=base_flops / flops, attention_ceiling=ceiling,
+            peak_memory_bytes=peak[name], peak_cache_bytes=res.stats.get("peak_cache_bytes", 0),
+            psnr=psnr(res.images, base.images) if same else None, ssim=ssim(res.images, base.images) if same else None,
+        ))
+    return rows
+
+
+def write_bench(path: str | Path, rows: list[dict], params: dict | None = None) -> Path:
+    """Write benchmark rows as `{"manifest": ..., "result": {"rows": rows}}` (atomic JSON with a manifest)."""
+    if not rows:
+        raise ValueError(f"rows must hold at least one benchmark row, got {rows!r}")
+    return write_result(path, {"rows": rows}, params)
