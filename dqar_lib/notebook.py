@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 PROFILES = ("smoke", "full")
+POSITIVE_INTS = ("steps", "num_steps", "batch", "depth", "per_class", "repeats")
 
 
 def check_parameters(**params) -> None:
@@ -13,7 +14,7 @@ def check_parameters(**params) -> None:
     for name, v in params.items():
         if name == "profile" and v not in PROFILES:
             raise ValueError(f"parameter profile={v!r} is invalid: expected one of {PROFILES}")
-        if name in ("steps", "num_steps", "batch", "depth") and not (isinstance(v, int) and v > 0):
+        if name in POSITIVE_INTS and not (isinstance(v, int) and v > 0):
             raise ValueError(f"parameter {name}={v!r} is invalid: expected a positive integer")
         if name == "seed" and not (isinstance(v, int) and v >= 0):
             raise ValueError(f"parameter seed={v!r} is invalid: expected a non-negative integer")

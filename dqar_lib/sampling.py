@@ -62,11 +62,12 @@ def _check(model, labels: torch.Tensor, num_steps, guidance_scale, scheduler) ->
 @torch.no_grad()
 def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_scale: float | None = None,
            seed: int = 0, scheduler: str = "ddim", dqar: DQARConfig | str | None = None, progress: bool = True,
-           vae=None) -> SampleResult:
+           vae=None, step_callback=None) -> SampleResult:
     """Sample one image per label. `dqar` (a DQARConfig or preset name) is attached for this call only.
 
     Noise comes from a CPU generator seeded with `seed`, so a seed gives the same start on any device.
     With guidance_scale > 1 the conditional and unconditional halves run in one batch (conditional first).
+    `step_callback(i, t)` runs before each model call (peers' caches read the current step from it).
     """
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
@@ -86,7 +87,10 @@ def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_s
         ctl.reset()
     t0 = time.perf_counter()
     try:
-        for t in tqdm(sched.timesteps, desc=f"{scheduler}-{num_steps}", disable=not progress, leave=False):
+        for i, t in enumerate(tqdm(sched.timesteps, desc=f"{scheduler}-{num_steps}", disable=not progress,
+                                   leave=False)):
+            if step_callback is not None:
+                step_callback(i, t)
             x_in = torch.cat([x, x]) if cfg else x
             out = model(x_in, timestep=t.expand(x_in.shape[0]).to(device), class_labels=y).sample
             eps = out[:, :c]
