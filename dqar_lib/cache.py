@@ -54,10 +54,20 @@ class ReuseCache:
     def reset_counters(self) -> None:
         self.refused = self.invalidated = self.nonfinite = 0
 
-    def store(self, key: tuple, x: torch.Tensor, mode: str, scale: torch.Tensor | None = None) -> bool:
-        """Quantize and keep `x` under `key`; False (and the old entry dropped) if it would exceed the budget."""
+    def store(self, key: tuple, x: torch.Tensor, mode: str, calib=None, dynamic: bool = True) -> bool:
+        """Quantize and keep `x` under `key`; False (and the old entry dropped) if it would exceed the budget.
+
+        mode "csb" needs `calib` (a dqar_lib.calibration.Calibration); `dynamic` then takes s per tensor.
+        """
         old = self._entries.pop(key, None)
-        q = quantize(x, mode, scale)
+        if mode == "csb":
+            from .calibration import quantize_calibrated
+
+            if calib is None:
+                raise ValueError(f"cache mode 'csb' needs a calibration for entry {key}")
+            q = quantize_calibrated(x, calib, dynamic)
+        else:
+            q = quantize(x, mode)
         if self.budget_bytes is not None and self.nbytes + q.nbytes > self.budget_bytes:
             self.refused += 1
             return False

@@ -50,6 +50,7 @@ def collect_cache_tensors(model: torch.nn.Module, labels, num_steps: int = 10, s
     The cache keeps only its latest entry per key, so forward hooks on the self-attention modules (kind "out")
     or their to_k / to_v projections record every step instead. `max_per_layer` keeps that many evenly spaced
     steps (None: all). Tensors are float32 on the CPU; `sample_kw` goes to dqar_lib.sample (guidance_scale ...).
+    Run it on the bare model, or with a DQAR config that never reuses: a served entry would be recorded too.
     """
     from .hooks import self_attention_modules
     from .sampling import sample
@@ -156,12 +157,12 @@ def quantize_calibrated(x: torch.Tensor, calib: Calibration, dynamic: bool = Fal
         raise ValueError(f"calibration b has shape {tuple(calib.b.shape)}, but x has {x.shape[-1]} channels")
     xb = x.detach().float() / calib.b.to(x.device)  # (..., C)
     q = quantize(xb, "int8_tensor", scale=None if dynamic else calib.scale)
-    return QTensor(q.data, q.scale, x.dtype, "csb")
+    return QTensor(q.data, q.scale, x.dtype, "csb", b=calib.b.to(x.device))
 
 
 def dequantize_calibrated(q: QTensor, calib: Calibration) -> torch.Tensor:
     """X_hat = Q * s * b, in the dtype X had."""
-    return (q.data.float() * q.scale * calib.b.to(q.data.device)).to(q.dtype)
+    return dequantize(QTensor(q.data, q.scale, q.dtype, q.mode, b=calib.b.to(q.data.device)))
 
 
 def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], mode: str | dict[Key, Calibration],
@@ -169,6 +170,7 @@ def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], m
     """Per key and timestep: rel_l2 = ||X_hat - X|| / ||X|| and max_abs = max |X_hat - X|.
 
     `mode` is one of MODES ("csb" / "csb_ssc" fit b in-sample, without / with SSC) or a fitted calibration.
+    CSB uses the static scale unless `dynamic` (then s = max|X / b| / 127 per tensor, as "int8_tensor" does).
     """
     calib = mode if isinstance(mode, dict) else None
     if calib is None and mode not in MODES:
@@ -191,10 +193,10 @@ def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], m
 
 
 def error_table(tensors: dict[Key, list[tuple[float, torch.Tensor]]], modes: tuple[str, ...] = MODES,
-                alpha: float = 0.5) -> list[dict]:
+                alpha: float = 0.5, dynamic: bool = False) -> list[dict]:
     """Flat rows (mode, layer, kind, t, rel_l2, max_abs) for every mode, ready for a DataFrame."""
     return [{"mode": m, "layer": key[0], "kind": key[1], **row}
-            for m in modes for key, rows in reconstruction_error(tensors, m, alpha).items() for row in rows]
+            for m in modes for key, rows in reconstruction_error(tensors, m, alpha, dynamic).items() for row in rows]
 
 
 # ---- files -----------------------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "data" / "policy" / "policy.pt"
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "cache_calibration.pt"
 GRANULARITIES = ("attn", "kv")
-CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed")
+CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb")
 CFG_LAYOUTS = ("cond_first", "cond_second")
 
 
@@ -54,7 +57,12 @@ class DQARConfig:
     """A trained MLP policy (data/policy/...); p_reuse >= policy_threshold replaces the entropy/SNR gates."""
     policy_threshold: float = 0.5
     cache_mode: str = "int8_channel"
-    """How cached tensors are stored: fp32, fp16, int8_tensor, int8_channel, or mixed (K fp16, V/out int8)."""
+    """How cached tensors are stored: fp32, fp16, int8_tensor, int8_channel, mixed (K fp16, V/out int8),
+    or csb (INT8 with PTQ4DiT-style channel balancing from `cache_calibration`)."""
+    cache_calibration: str | None = None
+    """The calibration file for cache_mode="csb" (data/calibration/, fitted in notebooks/04_quantization)."""
+    cache_calib_dynamic: bool = True
+    """csb: take the per-tensor scale from each stored tensor (True) or the calibrated static scale (False)."""
     cache_budget_bytes: int | None = None
     """Refuse to store past this many bytes (the layer then recomputes); None: no limit."""
     cfg_share: bool = False
@@ -108,6 +116,8 @@ class DQARConfig:
             widths = {len(row) for row in self.static_plan}
             if len(widths) > 1:
                 bad("static_plan", f"rows have different lengths {sorted(widths)}")
+        if self.cache_mode == "csb" and not self.cache_calibration:
+            bad("cache_calibration", "cache_mode='csb' needs a calibration file")
         if self.cfg_share and self.granularity != "attn":
             bad("cfg_share", "CFG sharing shares the attention output, so it needs granularity='attn'")
         if self.use_policy and not self.policy_path:
@@ -118,7 +128,14 @@ class DQARConfig:
         """A named preset, optionally with fields overridden: `DQARConfig.preset("dqar", tau=0.9)`."""
         if name not in PRESETS:
             raise ValueError(f"unknown DQAR preset {name!r}; known presets: {', '.join(PRESETS)}")
-        return dataclasses.replace(cls(**PRESETS[name]), **overrides)
+        fields = dict(PRESETS[name])
+        if name == "dqar" and DEFAULT_CALIBRATION.is_file():  # the cache mode notebook 04 measured best
+            from .calibration import load_calibration
+
+            mode = load_calibration(DEFAULT_CALIBRATION)[1].get("recommended_mode")
+            if mode in CACHE_MODES:
+                fields.update(cache_mode=mode, cache_calibration=str(DEFAULT_CALIBRATION))
+        return dataclasses.replace(cls(**fields), **overrides)
 
     def replace(self, **changes) -> "DQARConfig":
         return dataclasses.replace(self, **changes)
@@ -138,5 +155,7 @@ PRESETS: dict[str, dict] = {
     "snr": dict(use_entropy_gate=False, use_schedule=False),
     # entropy + SNR gates + layer schedule + INT8 cache: the default
     "dqar": dict(),
+    # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates
+    "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False),
 }
 

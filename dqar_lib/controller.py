@@ -82,6 +82,16 @@ class DQARController:
         self.prompt_length = self._fixed_prompt_length = prompt_length
         self.num_train_timesteps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000))
         self.cache = ReuseCache(config.cache_budget_bytes)
+        self.calibration = None
+        if config.cache_mode == "csb":
+            from .calibration import load_calibration
+
+            self.calibration, _ = load_calibration(config.cache_calibration)
+            kinds = ("k", "v") if config.granularity == "kv" else ("out",)
+            missing = [(i, k) for i in range(self.num_layers) for k in kinds if (i, k) not in self.calibration]
+            if missing:
+                raise ValueError(f"{config.cache_calibration} has no calibration for (layer, kind) {missing[:4]}"
+                                 f"{' ...' if len(missing) > 4 else ''}: it was fitted for another model")
         self.policy = None
         if config.use_policy:
             from .policy import load_policy
@@ -184,7 +194,9 @@ class DQARController:
 
     def store(self, i: int, kind: str, x: torch.Tensor) -> None:
         if self.config.enabled:
-            self.cache.store((i, kind), x, storage_mode(self.config.cache_mode, kind))
+            mode = storage_mode(self.config.cache_mode, kind)
+            calib = self.calibration[(i, kind)] if mode == "csb" else None
+            self.cache.store((i, kind), x, mode, calib, self.config.cache_calib_dynamic)
             self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes)
 
     def _record(self, i: int, reuse: bool, reason: str) -> None:

@@ -136,7 +136,7 @@ def apply_w8a8(model: nn.Module, calib: Callable[[nn.Module], object] | dict[str
         b = None
         if use_csb:
             s_W = W.abs().float().amax(0).cpu()  # (C_in,)
-            s_X = (ssc_weights(s_X_t, s_W, sign=1.0)[:, None] * s_X_t).sum(0) if use_ssc else s_X_t.amax(0)
+            s_X = (ssc_weights(s_X_t, s_W, sign=-1.0)[:, None] * s_X_t).sum(0) if use_ssc else s_X_t.amax(0)
             b = csb_balance(s_X, s_W, alpha, b_clip)
         amax = (s_X_t / b if b is not None else s_X_t).amax()  # max|X / b| over the calibration calls
         act_scale = amax.clamp_min(1e-12) / QMAX

@@ -16,12 +16,16 @@ _MIN_SCALE = 1e-12
 
 @dataclass
 class QTensor:
-    """A stored tensor: `data` (int8 or float), `scale` (None, 0-d, or (C,)), and the dtype to restore."""
+    """A stored tensor: `data` (int8 or float), `scale` (None, 0-d, or (C,)), and the dtype to restore.
+
+    `b` (C,) is a calibrated channel balance (CSB, dqar_lib.calibration): X_hat = Q * s * b.
+    """
 
     data: torch.Tensor
     scale: torch.Tensor | None
     dtype: torch.dtype
     mode: str
+    b: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
@@ -53,7 +57,8 @@ def dequantize(q: QTensor) -> torch.Tensor:
     """Back to the original dtype: X_hat = Q * s."""
     if q.scale is None:
         return q.data.to(q.dtype)
-    return (q.data.float() * q.scale).to(q.dtype)
+    x = q.data.float() * q.scale
+    return (x * q.b if q.b is not None else x).to(q.dtype)
 
 
 def roundtrip_error(x: torch.Tensor, mode: str) -> float:

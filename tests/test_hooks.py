@@ -191,3 +191,24 @@ def test_diffusers_pipeline_runs_unchanged():
     out = run()
     assert ctl.stats()["steps"] == 6 and ctl.stats()["reuse_fraction"] == pytest.approx(5 / 6)
     assert not (out == ref).all()
+
+
+def test_csb_cache_mode_uses_a_calibration(dit, tmp_path):
+    from dqar_lib.calibration import collect_cache_tensors, fit_calibration, save_calibration
+
+    calib = fit_calibration(collect_cache_tensors(dit, [0, 1], num_steps=4))
+    path = save_calibration(tmp_path / "c.pt", calib, meta={"recommended_mode": "csb"})
+    fp32 = apply_dqar(dit, DQARConfig.preset("always", cache_mode="fp32"))
+    ref = run_steps(dit, dit_inputs)
+    remove_dqar(dit)
+    ctl = apply_dqar(dit, DQARConfig.preset("always", cache_mode="csb", cache_calibration=str(path)))
+    out = run_steps(dit, dit_inputs)
+    entry = ctl.cache._entries[(0, "out")]
+    assert entry.q.data.dtype == torch.int8 and entry.q.b is not None
+    rel = (out[-1] - ref[-1]).norm() / ref[-1].norm()
+    assert 0 < rel < 0.05 and fp32.stats()["reuse_fraction"] == ctl.stats()["reuse_fraction"]
+    remove_dqar(dit)
+    with pytest.raises(ValueError, match="c.pt has no calibration for"):
+        apply_dqar(tiny_dit(depth=5), DQARConfig.preset("always", cache_mode="csb", cache_calibration=str(path)))
+    with pytest.raises(ValueError, match="cache_calibration"):
+        DQARConfig(cache_mode="csb")

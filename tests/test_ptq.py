@@ -3,6 +3,7 @@ import torch
 from conftest import dit_inputs, run_steps
 
 from dqar_lib import tiny_dit
+from dqar_lib.calibration import ssc_weights
 from dqar_lib.ptq import (
     apply_w8a8,
     block_linears,
@@ -69,10 +70,14 @@ def test_csb_reduces_error_with_a_planted_outlier_channel(calib_run, use_ssc):
         handle = apply_w8a8(model, sal, use_csb=use_csb, use_ssc=use_ssc)
         errs[use_csb] = max_rel(run_steps(model, dit_inputs), ref)
         handle.remove()
+    s_X_t = sal["transformer_blocks.0.attn1.to_q"]  # (T, C_in)
+    s_W = model.transformer_blocks[0].attn1.to_q.weight.abs().amax(0)  # (C_in,)
+    eta = ssc_weights(s_X_t, s_W, sign=-1.0) if use_ssc else None  # PTQ4DiT: softmax(-rho)
+    s_X = (eta[:, None] * s_X_t).sum(0) if use_ssc else s_X_t.amax(0)
+    assert torch.allclose(handle.layers["transformer_blocks.0.attn1.to_q"].b, csb_balance(s_X, s_W))
     assert errs[True] < 0.5 * errs[False]
     assert errs[True] < W8A8_BOUND
-    b = csb_balance(s_q, model.transformer_blocks[0].attn1.to_q.weight.abs().amax(0))
-    assert b.argmax() == 5  # the outlier channel is divided most
+    assert csb_balance(s_X, s_W).argmax() == 5  # the outlier channel is divided most
 
 
 def test_salience_collection_and_weight_quantization():
