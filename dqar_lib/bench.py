@@ -79,14 +79,62 @@ def time_fn(fn: Callable, warmup: int = 2, repeats: int = 5, device=None) -> dic
     return out
 
 
-def _resolve(cfg) -> DQARConfig | None:
+def _resolve(cfg):
     return DQARConfig.preset(cfg) if isinstance(cfg, str) else cfg
 
 
-def _changed_fields(cfg: DQARConfig | None) -> dict | None:
-    """The fields of a config that differ from DQARConfig's defaults (None for full compute)."""
+def _is_runner(m) -> bool:
+    """A peer method (dqar_lib.peers.Peer, dqar_lib.ptq.W8A8Peer): prepare / apply / remove / step_callback."""
+    return all(hasattr(m, a) for a in ("prepare", "apply", "remove", "step_callback"))
+
+
+class _CallCounter:
+    """Counts self-attention and feed-forward calls per block while a peer runs (peers report no reuse)."""
+
+    def __init__(self, model):
+        from .hooks import self_attention_modules
+
+        self.attn = [m.to_q for _, m in self_attention_modules(model)]  # a skipped attention never projects Q
+        self.ff = [b.ff for b in getattr(model, "transformer_blocks", []) if hasattr(b, "ff")]
+        self.n_attn, self.n_ff = [0] * len(self.attn), [0] * len(self.ff)
+        self.handles = [m.register_forward_hook(self._bump(self.n_attn, i)) for i, m in enumerate(self.attn)]
+        self.handles += [m.register_forward_hook(self._bump(self.n_ff, i)) for i, m in enumerate(self.ff)]
+
+    @staticmethod
+    def _bump(counts, i):
+        def fn(*_):
+            counts[i] += 1
+        return fn
+
+    def stats(self, num_steps: int) -> dict:
+        for h in self.handles:
+            h.remove()
+        skipped = [max(0, num_steps - n) for n in self.n_attn]
+        return {"reuse_fraction": sum(skipped) / (num_steps * len(self.attn)), "per_layer_reuse": skipped,
+                "per_layer_compute": list(self.n_attn), "ff_skipped": [max(0, num_steps - n) for n in self.n_ff]}
+
+
+def _run(model, method, kwargs: dict, dev):
+    """Time one sampling call of a method; a peer is applied before and removed after, outside the timing."""
+    if not _is_runner(method):
+        return _time_once(lambda: sample(model, dqar=method, **kwargs), dev)
+    method.apply(model)
+    counter = _CallCounter(model)
+    try:
+        ms, res = _time_once(lambda: sample(model, step_callback=method.step_callback, **kwargs), dev)
+    finally:
+        method.remove(model)
+        res_stats = counter.stats(kwargs["num_steps"])
+    res.stats = res_stats
+    return ms, res
+
+
+def _changed_fields(cfg) -> dict | None:
+    """The fields of a config that differ from DQARConfig's defaults (None for full compute; a peer's params)."""
     if cfg is None:
         return None
+    if _is_runner(cfg):
+        return {"peer": getattr(cfg, "name", type(cfg).__name__), **getattr(cfg, "params", {})}
     now, default = dataclasses.asdict(cfg), dataclasses.asdict(DQARConfig())
     return {k: v for k, v in now.items() if v != default[k]}
 
@@ -98,10 +146,16 @@ def _transformer_blocks(model) -> list[torch.nn.Module]:
     return list(blocks)
 
 
-def _run_flops(model, batch: int, cfg: DQARConfig | None, stats: dict) -> float:
+def _run_flops(model, batch: int, cfg, stats: dict) -> float:
     """Analytic FLOPs of one forward as it ran: per-layer reuse fractions and CFG sharing from the controller."""
     if cfg is None or not stats:
         return float(forward_flops(model, batch)["total"])
+    if _is_runner(cfg):  # peers: skipped attention and skipped feed-forward calls, counted
+        parts, L = forward_flops(model, batch), model.config.num_layers
+        steps = stats["per_layer_reuse"][0] + stats["per_layer_compute"][0]
+        attn = (parts["attn_qkv"] + parts["attn_out"] + parts["attn_core"]) / L
+        saved = sum(stats["per_layer_reuse"]) * attn + sum(stats["ff_skipped"]) * parts["mlp"] / L
+        return float(parts["total"] - saved / max(1, steps))
     reused, computed = stats["per_layer_reuse"], stats["per_layer_compute"]
     calls = [r + c for r, c in zip(reused, computed)]
     frac = [r / n if n else 0.0 for r, n in zip(reused, calls)]
@@ -112,7 +166,8 @@ def _run_flops(model, batch: int, cfg: DQARConfig | None, stats: dict) -> float:
 def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int = 20, scheduler: str = "ddim",
                    guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, warmup: int = 1,
                    compile: bool = False, compile_options: dict | None = None, progress: bool = True) -> list[dict]:
-    """Time `dqar_lib.sample` for each named method (a DQARConfig, a preset name, or None for full compute).
+    """Time `dqar_lib.sample` for each named method: a DQARConfig, a preset name, None for full compute, or a
+    peer (dqar_lib.peers.PEERS[...](), dqar_lib.ptq.W8A8Peer()), prepared once and applied per run.
 
     Each method runs `warmup` untimed and `repeats` timed samplings, interleaved round-robin. One row per
     method: times (whole sampling call; median, spread, per image, per step), speedup against the first
@@ -129,12 +184,18 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     _check_counts(warmup, repeats)
     methods = {name: _resolve(cfg) for name, cfg in configs.items()}
-    bad = {k: type(v).__name__ for k, v in methods.items() if v is not None and not isinstance(v, DQARConfig)}
+    bad = {k: type(v).__name__ for k, v in methods.items()
+           if v is not None and not isinstance(v, DQARConfig) and not _is_runner(v)}
     if bad:
-        raise ValueError(f"configs values must be a DQARConfig, a preset name or None; got {bad}")
+        raise ValueError(f"configs values must be a DQARConfig, a preset name, a peer or None; got {bad}")
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
     dev = next(model.parameters()).device
+    kwargs = dict(class_labels=labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler,
+                  progress=False)
+    for m in methods.values():
+        if _is_runner(m):
+            m.prepare(model, labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler)
     blocks = _transformer_blocks(model) if compile else []
     for block in blocks:
         block.compile(**(compile_options or {}))
@@ -149,9 +210,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
             for name, cfg in methods.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
-                ms, results[name] = _time_once(lambda cfg=cfg: sample(
-                    model, labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler,
-                    dqar=cfg, progress=False), dev)
+                ms, results[name] = _run(model, cfg, kwargs, dev)
                 if r >= warmup:
                     times[name].append(ms)
                     if dev.type == "cuda":

@@ -164,3 +164,28 @@ def remove_w8a8(model: nn.Module) -> W8A8Handle | None:
     if handle is not None:
         handle.remove()
     return handle
+
+
+class W8A8Peer:
+    """PTQ4DiT-style W8A8 as a benchmark method: `prepare` calibrates once, `apply` / `remove` per run."""
+
+    def __init__(self, use_csb: bool = True, alpha: float = 0.5, use_ssc: bool = True, calib_steps: int = 10):
+        self.name = "w8a8" + ("_csb" if use_csb else "")
+        self.params = dict(use_csb=use_csb, alpha=alpha, use_ssc=use_ssc, calib_steps=calib_steps)
+        self._salience = None
+        self.step_callback = None
+
+    def prepare(self, model, labels, **sample_kwargs) -> None:
+        seed = sample_kwargs.get("seed", 0) + 1  # calibrate on another seed than the one measured
+        run = sampling_run(labels=tuple(int(c) for c in labels), num_steps=self.params["calib_steps"], seeds=(seed,),
+                           guidance_scale=sample_kwargs.get("guidance_scale"))
+        self._salience = collect_activation_salience(model, run)
+
+    def apply(self, model: nn.Module) -> None:
+        if self._salience is None:
+            raise RuntimeError("W8A8Peer.prepare(model, labels) must run before apply")
+        p = self.params
+        apply_w8a8(model, self._salience, use_csb=p["use_csb"], alpha=p["alpha"], use_ssc=p["use_ssc"])
+
+    def remove(self, model: nn.Module) -> None:
+        remove_w8a8(model)

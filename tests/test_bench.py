@@ -142,7 +142,7 @@ def test_bench_compile_is_undone(dit):
     (dict(scheduler="euler"), "scheduler must be one of .*'euler'"),
     (dict(repeats=0), "repeats must be an integer >= 1, got 0"),
     (dict(num_steps=0), "num_steps must be a positive integer, got 0"),
-    (dict(configs={"x": 3}), "configs values must be a DQARConfig, a preset name or None; got {'x': 'int'}"),
+    (dict(configs={"x": 3}), "configs values must be a DQARConfig, a preset name, a peer or None; got {'x': 'int'}"),
     (dict(configs={"x": "turbo"}), "unknown DQAR preset 'turbo'"),
 ])
 def test_bench_bad_arguments(dit, kwargs, message):
@@ -155,3 +155,18 @@ def test_write_bench_refuses_no_rows(tmp_path):
     with pytest.raises(ValueError, match=r"rows must hold at least one benchmark row, got \[\]"):
         write_bench(tmp_path / "b.json", [])
     assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_runs_peers_beside_dqar():
+    from dqar_lib.peers import PEERS
+    from dqar_lib.ptq import W8A8Peer
+
+    model = tiny_dit()
+    rows = bench_sampling(model, [0, 1], {"full": None, "pab": PEERS["pab"](), "w8a8": W8A8Peer(calib_steps=2),
+                                          "always": "always"}, num_steps=6, repeats=1, warmup=0, progress=False)
+    by = {r["method"]: r for r in rows}
+    assert by["pab"]["config"]["peer"] == "pab" and 0 < by["pab"]["reuse_fraction"] < 1
+    assert by["pab"]["flops_ratio"] > 1.0 and by["pab"]["psnr"] < float("inf")
+    assert by["w8a8"]["reuse_fraction"] == 0.0 and by["w8a8"]["flops_ratio"] == 1.0
+    assert 10 < by["w8a8"]["psnr"] < float("inf")
+    assert not any(hasattr(m, "_diffusers_hook") or "forward" in vars(m) for m in model.modules())
