@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,7 @@ class DQARController:
         self.computed = [0] * L
         self.cfg_shared = 0
         self.peak_cache_bytes = 0
+        self.decision_seconds = 0.0  # host time spent planning steps (gates, schedule, policy)
         self.rows: list[tuple] = []
 
     def host_timestep(self, t) -> float | None:
@@ -145,6 +147,7 @@ class DQARController:
         """
         if t is not None and self.t is not None and t > self.t:
             self.reset()
+        t0 = time.perf_counter()
         self.step += 1
         if self.step == 0 and prompt_length is not None and self._fixed_prompt_length is None:
             self.prompt_length = prompt_length() if callable(prompt_length) else prompt_length
@@ -160,6 +163,7 @@ class DQARController:
         self.plan = [decide(self.config, StepView(self.step, self.s, i, self.num_layers, H[i], snr, self.streak[i],
                                                   self._post_warmup, p[i]), self.prompt_length)
                      for i in range(self.num_layers)]
+        self.decision_seconds += time.perf_counter() - t0
 
     def _policy_probs(self, H: list, snr: float | None) -> list[float]:
         from .policy import policy_features
@@ -253,6 +257,7 @@ class DQARController:
             "invalidated": self.cache.invalidated,
             "nonfinite": self.cache.nonfinite,
             "cfg_shared": self.cfg_shared,
+            "decision_seconds": self.decision_seconds,
         }
 
 

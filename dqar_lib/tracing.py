@@ -66,3 +66,24 @@ def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddi
         r.update(rel_l2=rel, cosine=cos, scheduler=scheduler, seed=seed, num_steps=num_steps)
         del r["reuse"], r["reason"]
     return rows
+
+
+def gate_thresholds(rows: list[dict], tau_quantile: float = 0.5, snr_quantile: float = 0.3,
+                    warmup: float = 0.2, num_train_timesteps: int = 1000) -> dict:
+    """Hand-set gate thresholds read off traces: tau and snr_lo at quantiles of the post-warmup values.
+
+    The rule is deliberately simple (the policy notebook compares it with a learned policy):
+    tau = the `tau_quantile` of H_t, snr_lo = the `snr_quantile` of SNR_t, over rows past `warmup`.
+    """
+    from .schedule import progress
+
+    for name, q in (("tau_quantile", tau_quantile), ("snr_quantile", snr_quantile)):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"{name}={q!r} is invalid: expected a number in [0, 1]")
+    late = [r for r in rows if r["H_t"] is not None and r["SNR_t"] is not None
+            and progress(r["t"], num_train_timesteps) >= warmup]
+    if not late:
+        raise ValueError("no trace rows past warmup carry H_t and SNR_t")
+    H = np.array([r["H_t"] for r in late], dtype=float)
+    snr = np.array([r["SNR_t"] for r in late], dtype=float)
+    return {"tau": float(np.quantile(H, tau_quantile)), "snr_lo": float(np.quantile(snr, snr_quantile))}
