@@ -9,7 +9,7 @@ from pathlib import Path
 
 DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "data" / "policy" / "policy.pt"
 DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "cache_calibration.pt"
-GRANULARITIES = ("attn", "kv")
+GRANULARITIES = ("attn", "kv", "block")
 CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb")
 CFG_LAYOUTS = ("cond_first", "cond_second")
 
@@ -27,7 +27,8 @@ class DQARConfig:
     enabled: bool = True
     """Master switch. False: attached but never reuses (the `"off"` preset); outputs are bit-identical."""
     granularity: str = "attn"
-    """"attn" reuses the self-attention output (skips the whole attention); "kv" reuses K/V only."""
+    """"attn" reuses the self-attention output (skips the whole attention); "kv" reuses K/V only;
+    "block" reuses the residual the whole transformer block added (attention + MLP) at an earlier step."""
     warmup: float = 0.2
     """Fraction of the steps at the start that always recompute (the sample is still forming)."""
     use_entropy_gate: bool = True
@@ -118,8 +119,8 @@ class DQARConfig:
                 bad("static_plan", f"rows have different lengths {sorted(widths)}")
         if self.cache_mode == "csb" and not self.cache_calibration:
             bad("cache_calibration", "cache_mode='csb' needs a calibration file")
-        if self.cfg_share and self.granularity != "attn":
-            bad("cfg_share", "CFG sharing shares the attention output, so it needs granularity='attn'")
+        if self.cfg_share and self.granularity == "kv":
+            bad("cfg_share", "CFG sharing shares an output (granularity 'attn' or 'block'), not K/V")
         if self.use_policy and not self.policy_path:
             bad("policy_path", "use_policy=True needs a policy file")
 
@@ -129,12 +130,14 @@ class DQARConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown DQAR preset {name!r}; known presets: {', '.join(PRESETS)}")
         fields = dict(PRESETS[name])
-        if name == "dqar" and DEFAULT_CALIBRATION.is_file():  # the cache mode notebook 04 measured best
+        if name == "dqar" and Path(DEFAULT_CALIBRATION).is_file():  # the cache mode notebook 04 measured best
             from .calibration import load_calibration
 
             mode = load_calibration(DEFAULT_CALIBRATION)[1].get("recommended_mode")
-            if mode in CACHE_MODES:
-                fields.update(cache_mode=mode, cache_calibration=str(DEFAULT_CALIBRATION))
+            if mode == "csb":
+                fields.update(cache_mode="csb", cache_calibration=str(DEFAULT_CALIBRATION))
+            elif mode in CACHE_MODES:
+                fields.update(cache_mode=mode)
         return dataclasses.replace(cls(**fields), **overrides)
 
     def replace(self, **changes) -> "DQARConfig":

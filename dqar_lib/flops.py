@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-GRANULARITIES = ("attn", "kv")
+GRANULARITIES = ("attn", "kv", "block")
 _TIME_FREQS = 256  # diffusers' sinusoidal timestep features, projected by TimestepEmbedding (256 -> D -> D)
 
 
@@ -94,7 +94,8 @@ def dqar_flops(model, batch: int, reuse_fraction: float | Sequence[float] = 0.0,
 
     `reuse_fraction` is one number for every block or one per block (the controller's per-layer reuse counts
     over its total). "attn" reuse skips a block's self-attention projections and core; "kv" skips only its K and
-    V projections. `cfg_shared` is the fraction of (step, block) calls that computed self-attention on the
+    V projections; "block" skips the whole block (self-attention, cross-attention, MLP, adaLN).
+    `cfg_shared` is the fraction of (step, block) calls that computed self-attention on the
     conditional half of the batch only (CFG sharing), saving half of that attention.
     """
     if granularity not in GRANULARITIES:
@@ -104,7 +105,8 @@ def dqar_flops(model, batch: int, reuse_fraction: float | Sequence[float] = 0.0,
     full = forward_flops(model, batch, text_tokens)
     b = full["per_block"]
     attn = b["attn_qkv"] + b["attn_out"] + b["attn_core"]
-    saved_per_reuse = attn if granularity == "attn" else b["attn_qkv"] * 2 / 3  # K and V of Q, K, V
+    saved_per_reuse = {"attn": attn, "kv": b["attn_qkv"] * 2 / 3,  # K and V of Q, K, V
+                       "block": attn + b["cross_attn"] + b["mlp"] + b["adaln"]}[granularity]
     r = _fractions(reuse_fraction, _sizes(model)["L"], "reuse_fraction")
     return full["total"] - sum(r) * saved_per_reuse - cfg_shared * len(r) * attn / 2
 

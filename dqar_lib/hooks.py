@@ -41,7 +41,54 @@ def _patch_forward(mod: torch.nn.Module, fn, layer: _Layer) -> None:
     layer.patched.append(mod)
 
 
-def _attach_layer(ctl: DQARController, layer: _Layer) -> None:
+def _cond_half(x, B: int, first: bool):
+    """The conditional half of every batch-sized tensor (CFG layout); other values pass through."""
+    if torch.is_tensor(x) and x.ndim > 0 and x.shape[0] == B:
+        return x[:B // 2] if first else x[B // 2:]
+    return x
+
+
+def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module) -> None:
+    """"block" granularity: serve hidden_states + the residual the block added when it last computed."""
+    i, cfg = layer.index, ctl.config
+    orig = block.forward
+    params = inspect.signature(orig)
+
+    def forward(*args, **kwargs):
+        bound = params.bind(*args, **kwargs)
+        hs = bound.arguments["hidden_states"]  # (B, N, D)
+        if ctl.try_reuse(i, ("res",), signature(hs)):
+            return hs + ctl.cached(i, "res")
+        layer.capture = ctl.wants_entropy()
+        try:
+            B = hs.shape[0]
+            if ctl.cfg_share_now and B % 2 == 0:  # run the conditional half; the other half takes its residual
+                first = cfg.cfg_layout == "cond_first"
+                half = {k: _cond_half(v, B, first) for k, v in bound.arguments.items()}
+                res = orig(**half) - _cond_half(hs, B, first)  # (B/2, N, D)
+                out = hs + torch.cat([res, res])
+                ctl.cfg_shared += 1
+            else:
+                out = orig(*args, **kwargs)
+        finally:
+            layer.capture = False
+        ctl.store(i, "res", out - hs)
+        _entropy(ctl, layer)
+        return out
+
+    _patch_forward(block, forward, layer)
+
+
+def _entropy(ctl: DQARController, layer: _Layer) -> None:
+    """Hand the controller H_t from the Q and K this layer just projected, if it captured them."""
+    if layer.q is not None and layer.k is not None:
+        m, cfg = layer.module, ctl.config
+        ctl.set_entropy(layer.index, sampled_attention_entropy(layer.q, layer.k, m.heads, cfg.entropy_rows,
+                                                               cfg.entropy_heads, m.scale))
+    layer.q = layer.k = None
+
+
+def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | None) -> None:
     m, i, cfg = layer.module, layer.index, ctl.config
     orig = m.forward  # the class's bound forward
     kv = cfg.granularity == "kv"
@@ -55,6 +102,12 @@ def _attach_layer(ctl: DQARController, layer: _Layer) -> None:
             layer.k = out
 
     layer.handles += [m.to_q.register_forward_hook(capture_q), m.to_k.register_forward_hook(capture_k)]
+    if cfg.granularity == "block":
+        if block is None:
+            raise ValueError(f"granularity='block' needs each self-attention inside a transformer block; "
+                             f"layer {i} has no parent module")
+        _attach_block(ctl, layer, block)
+        return
 
     def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         sig = signature(hidden_states)
@@ -77,10 +130,7 @@ def _attach_layer(ctl: DQARController, layer: _Layer) -> None:
             layer.kv, layer.capture = None, False
         if not kv:
             ctl.store(i, "out", out)
-        if layer.q is not None and layer.k is not None:
-            ctl.set_entropy(i, sampled_attention_entropy(layer.q, layer.k, m.heads, cfg.entropy_rows,
-                                                         cfg.entropy_heads, m.scale))
-        layer.q = layer.k = None
+        _entropy(ctl, layer)
         return out
 
     _patch_forward(m, forward, layer)
@@ -129,8 +179,9 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
                          "to attach DQAR to")
     ctl = DQARController(config, [n for n, _ in mods], scheduler, prompt_length)
     layers = [_Layer(i, m) for i, (_, m) in enumerate(mods)]
-    for layer in layers:
-        _attach_layer(ctl, layer)
+    named = dict(transformer.named_modules())
+    for layer, (name, _) in zip(layers, mods):
+        _attach_layer(ctl, layer, named.get(name.rpartition(".")[0]) if "." in name else None)
 
     params = inspect.signature(transformer.forward)
 

@@ -46,3 +46,20 @@ def test_cfg_share_needs_attn_granularity():
 def test_policy_needs_a_file():
     with pytest.raises(ValueError, match="policy_path"):
         DQARConfig(use_policy=True)
+
+
+def test_dqar_preset_takes_the_measured_cache_mode(tmp_path, monkeypatch):
+    import torch
+
+    from dqar_lib import config as config_module
+    from dqar_lib.calibration import Calibration, save_calibration
+
+    calib = {(0, "out"): Calibration(b=torch.ones(4), scale=torch.tensor(0.1))}
+    path = save_calibration(tmp_path / "c.pt", calib, meta={"recommended_mode": "csb"})
+    monkeypatch.setattr(config_module, "DEFAULT_CALIBRATION", path)
+    cfg = DQARConfig.preset("dqar")
+    assert cfg.cache_mode == "csb" and cfg.cache_calibration == str(path)
+    save_calibration(path, calib, meta={"recommended_mode": "int8_tensor"})
+    assert DQARConfig.preset("dqar").cache_mode == "int8_tensor"
+    monkeypatch.setattr(config_module, "DEFAULT_CALIBRATION", tmp_path / "absent.pt")
+    assert DQARConfig.preset("dqar") == DQARConfig()
