@@ -48,11 +48,11 @@ def _cond_half(x, B: int, first: bool):
     return x
 
 
-def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module) -> None:
+def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module, compile_fn) -> None:
     """"block" granularity: serve hidden_states + the residual the block added when it last computed."""
     i, cfg = layer.index, ctl.config
-    orig = block.forward
-    params = inspect.signature(orig)
+    params = inspect.signature(block.forward)
+    orig = compile_fn(block.forward)
 
     def forward(*args, **kwargs):
         bound = params.bind(*args, **kwargs)
@@ -88,9 +88,9 @@ def _entropy(ctl: DQARController, layer: _Layer) -> None:
     layer.q = layer.k = None
 
 
-def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | None) -> None:
+def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | None, compile_fn) -> None:
     m, i, cfg = layer.module, layer.index, ctl.config
-    orig = m.forward  # the class's bound forward
+    orig = compile_fn(m.forward)  # the class's bound forward: the compute path (compiled on its own if asked)
     kv = cfg.granularity == "kv"
 
     def capture_q(_mod, _inp, out):
@@ -106,7 +106,7 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
         if block is None:
             raise ValueError(f"granularity='block' needs each self-attention inside a transformer block; "
                              f"layer {i} has no parent module")
-        _attach_block(ctl, layer, block)
+        _attach_block(ctl, layer, block, compile_fn)
         return
 
     def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
@@ -136,7 +136,7 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
     _patch_forward(m, forward, layer)
     if kv:
         for j, (proj, kind) in enumerate(((m.to_k, "k"), (m.to_v, "v"))):
-            proj_orig = proj.forward
+            proj_orig = compile_fn(proj.forward)
 
             def proj_forward(x, _orig=proj_orig, _kind=kind, _j=j):
                 if layer.kv is not None:
@@ -158,12 +158,15 @@ def _prompt_tokens(bound: dict) -> int | None:
 
 
 def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = None, scheduler=None,
-               prompt_length: int | None = None) -> DQARController:
+               prompt_length: int | None = None, compile: bool = False,
+               compile_options: dict | None = None) -> DQARController:
     """Attach DQAR to every self-attention module of `transformer` and return its controller.
 
     `config` is a DQARConfig, a preset name, or None for the `"dqar"` preset. Give the pipeline's
     `scheduler` so that SNR_t uses its noise schedule and device timesteps are never read back.
     `prompt_length` fixes p in tau(p); otherwise it is read from the text inputs at each run's first step.
+    `compile=True` compiles each compute path on its own (regional `torch.compile`, `compile_options` passed
+    through); decisions and the reuse path stay in Python, so a step's plan never triggers a recompile.
     """
     if config is None:
         config = DQARConfig.preset("dqar")
@@ -180,8 +183,12 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
     ctl = DQARController(config, [n for n, _ in mods], scheduler, prompt_length)
     layers = [_Layer(i, m) for i, (_, m) in enumerate(mods)]
     named = dict(transformer.named_modules())
+
+    def compile_fn(fn):
+        return torch.compile(fn, **(compile_options or {})) if compile else fn
+
     for layer, (name, _) in zip(layers, mods):
-        _attach_layer(ctl, layer, named.get(name.rpartition(".")[0]) if "." in name else None)
+        _attach_layer(ctl, layer, named.get(name.rpartition(".")[0]) if "." in name else None, compile_fn)
 
     params = inspect.signature(transformer.forward)
 

@@ -247,3 +247,19 @@ def test_block_cfg_sharing(dit):
     with torch.no_grad():
         ref = dit(**dit_inputs(t=800, batch=4)).sample
     assert not torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("granularity", ["attn", "block"])
+def test_compiled_compute_paths_do_not_recompile_per_step(dit, granularity):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = DQARConfig.preset("dqar", granularity=granularity, tau=1.0, snr_lo=0.0, warmup=0.0)
+    ctl = apply_dqar(dit, cfg, compile=True, compile_options={"backend": "eager"})
+    run_steps(dit, dit_inputs, timesteps=range(900, 0, -100))
+    graphs = counters["stats"]["unique_graphs"]
+    run_steps(dit, dit_inputs, timesteps=range(900, 0, -100))  # a second run: nothing new to compile
+    assert 0.1 < ctl.stats()["reuse_fraction"] < 0.9
+    assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
+    remove_dqar(dit)
