@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from dqar_lib.notebook import check_parameters
+from dqar_lib.tracing import gate_thresholds, record_trace, trace_matrix
+
+
+def test_record_trace_rows_and_change(dit):
+    rows = record_trace(dit, [0, 1], num_steps=5)
+    assert len(rows) == 15
+    assert all(np.isnan(r["rel_l2"]) for r in rows[:3])  # step 0: nothing to compare with
+    assert all(0 < r["rel_l2"] < 10 and -1 <= r["cosine"] <= 1 for r in rows[3:])
+    m = trace_matrix(rows, "rel_l2")
+    assert m.shape == (5, 3) and np.isnan(m[0]).all()
+
+
+def test_trace_matrix_rejects_empty():
+    with pytest.raises(ValueError, match="trace is empty"):
+        trace_matrix([], "H_t")
+
+
+def test_gate_thresholds_are_quantiles():
+    rows = [dict(t=100.0, H_t=h, SNR_t=s) for h, s in zip(np.linspace(0, 1, 101), np.linspace(0, 10, 101))]
+    rows.append(dict(t=999.0, H_t=5.0, SNR_t=-5.0))  # in warmup: ignored
+    g = gate_thresholds(rows, tau_quantile=0.5, snr_quantile=0.3)
+    assert g["tau"] == pytest.approx(0.5) and g["snr_lo"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="tau_quantile=1.5"):
+        gate_thresholds(rows, tau_quantile=1.5)
+    with pytest.raises(ValueError, match="no trace rows past warmup"):
+        gate_thresholds(rows[-1:])
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(profile="fast"), "profile='fast' is invalid"),
+    (dict(steps=0), "steps=0 is invalid"),
+    (dict(seed=-1), "seed=-1 is invalid"),
+    (dict(seeds="[0]"), "seeds='\\[0\\]' is invalid"),
+    (dict(seeds=[]), "seeds=\\[\\] is invalid"),
+    (dict(scheduler="euler"), "scheduler='euler' is invalid"),
+    (dict(tau=2), "tau=2 is invalid"),
+    (dict(guidance_scale=0.5), "guidance_scale=0.5 is invalid"),
+    (dict(per_class=1.5), "per_class=1.5 is invalid"),
+])
+def test_notebook_parameters_are_checked(params, message):
+    with pytest.raises(ValueError, match=message):
+        check_parameters(**params)
+    check_parameters(profile="smoke", steps=3, seed=0, seeds=[0, 1], scheduler="dpm", tau=0.5, guidance_scale=1.0)
