@@ -48,6 +48,10 @@ class ReuseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def drop(self, key: tuple) -> None:
+        """Forget one entry (it went stale: its layer recomputed without storing)."""
+        self._entries.pop(key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -72,7 +76,10 @@ class ReuseCache:
             self.refused += 1
             return False
         del old
-        self._entries[key] = _Entry(q, signature(x), HostValue(torch.isfinite(x).all()))
+        # a scale taken from x is NaN/Inf exactly when x holds one: check the (C,) scale, not all of x
+        from_x = mode in ("int8_tensor", "int8_channel") or (mode == "csb" and dynamic)
+        finite = torch.isfinite(q.scale).all() if from_x else torch.isfinite(x).all()
+        self._entries[key] = _Entry(q, signature(x), HostValue(finite))
         return True
 
     def status(self, key: tuple, sig: tuple) -> str:

@@ -118,6 +118,7 @@ class DQARController:
         self.x_norm: HostValue | None = None
         self.streak = [0] * L
         self.plan: list[tuple[bool, str]] = [(False, "missing")] * L
+        self.keep = [True] * L  # whether layer i's output this step may be served later (else: not stored)
         self.reused = [0] * L
         self.computed = [0] * L
         self.cfg_shared = 0
@@ -163,7 +164,40 @@ class DQARController:
         self.plan = [decide(self.config, StepView(self.step, self.s, i, self.num_layers, H[i], snr, self.streak[i],
                                                   self._post_warmup, p[i]), self.prompt_length)
                      for i in range(self.num_layers)]
+        self.keep = [self._may_reuse_later(i) for i in range(self.num_layers)]
         self.decision_seconds += time.perf_counter() - t0
+
+    def _next_t(self) -> float | None:
+        """The next step's timestep, from the scheduler's schedule when one was given (else unknown)."""
+        ts = getattr(self.scheduler, "timesteps", None)
+        if ts is None:
+            return None
+        if ts is not self._ts_obj:
+            self._ts_obj, self._ts_host, self._calls_since_ts = ts, [float(v) for v in ts.cpu()], 0
+        return self._ts_host[self.step + 1] if self.step + 1 < len(self._ts_host) else None
+
+    def _may_reuse_later(self, i: int) -> bool:
+        """Could layer i reuse at the next step? If not, storing its output this step is wasted work."""
+        c = self.config
+        if not c.enabled:
+            return False
+        if c.always_reuse:
+            return True
+        if c.static_plan is not None:
+            nxt = self.step + 1
+            return nxt < len(c.static_plan) and i < len(c.static_plan[nxt]) and c.static_plan[nxt][i]
+        if c.max_reuse_streak == 0 and not c.static_period:
+            return False
+        t_next = self._next_t()
+        if t_next is None:
+            return True
+        s_next = progress(t_next, self.num_train_timesteps)
+        if s_next < c.warmup:
+            return False
+        if c.use_schedule and not c.static_period:
+            return layer_allowed(i, self.num_layers,
+                                 schedule_depth(s_next, c.warmup, c.schedule_depth_start, c.schedule_depth_end))
+        return True
 
     def _policy_probs(self, H: list, snr: float | None) -> list[float]:
         from .policy import policy_features
@@ -197,7 +231,10 @@ class DQARController:
         return self.cache.get((i, kind))
 
     def store(self, i: int, kind: str, x: torch.Tensor) -> None:
-        if self.config.enabled:
+        """Keep layer i's fresh output for later steps; where no later step can use it, drop the old entry."""
+        if self.config.enabled and not self.keep[i]:
+            self.cache.drop((i, kind))
+        elif self.config.enabled:
             mode = storage_mode(self.config.cache_mode, kind)
             calib = self.calibration[(i, kind)] if mode == "csb" else None
             self.cache.store((i, kind), x, mode, calib, self.config.cache_calib_dynamic)

@@ -127,12 +127,12 @@ def test_load_errors_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("granularity,kinds", [("attn", ("out",)), ("kv", ("k", "v"))])
 def test_collect_records_what_the_cache_stores(dit, granularity, kinds):
-    cfg = DQARConfig.preset("off", enabled=True, warmup=1.0, max_reuse_streak=0, cache_mode="fp32",
-                            granularity=granularity)
+    plan = ((False,) * 3,) * 3 + ((True,) * 3,)  # 4 steps: the last one serves what step 3 stored
+    cfg = DQARConfig(static_plan=plan, cache_mode="fp32", granularity=granularity)
     ctl = apply_dqar(dit, cfg)
     try:
         tensors = collect_cache_tensors(dit, [0, 1], num_steps=4, kinds=kinds, max_per_layer=3)
-        assert ctl.stats()["reuse_fraction"] == 0.0
+        assert ctl.stats()["reuse_fraction"] == 0.25
         assert sorted(tensors) == sorted((i, k) for i in range(3) for k in kinds)
         for (i, kind), items in tensors.items():
             ts = [t for t, _ in items]

@@ -263,3 +263,21 @@ def test_compiled_compute_paths_do_not_recompile_per_step(dit, granularity):
     assert 0.1 < ctl.stats()["reuse_fraction"] < 0.9
     assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs
     remove_dqar(dit)
+
+
+def test_outputs_no_later_step_can_reuse_are_not_stored(dit):
+    from dqar_lib.sampling import make_scheduler
+
+    sched = make_scheduler("ddim")
+    sched.set_timesteps(10)
+    cfg = DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.5, schedule_depth_start=0.34)
+    ctl = apply_dqar(dit, cfg, scheduler=sched)
+    sizes = []
+    with torch.no_grad():
+        for t in sched.timesteps:
+            dit(**dit_inputs(t=int(t)))
+            sizes.append(len(ctl.cache))
+    # warmup ends at step 4 (t=500): the first store is at step 3, for the two layers the schedule admits then;
+    # the deepest layer is admitted later
+    assert sizes == [0, 0, 0, 2, 2, 2, 3, 3, 3, 3]
+    assert ctl.stats()["reuse_fraction"] > 0 and ctl.trace()[15]["reason"] != "missing"
