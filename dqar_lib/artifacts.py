@@ -90,3 +90,20 @@ def read_result(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict) or "manifest" not in data or "result" not in data:
         raise ValueError(f"{path} carries no manifest: expected keys 'manifest' and 'result'")
     return data
+
+
+def load_tagged(path: Path | str, fmt: str, what: str, weights_only: bool = False) -> dict:
+    """A torch-saved dict carrying `"format": fmt`; a missing, corrupt or foreign file is an error naming it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # pickle, zip and EOF errors name no file; say which
+        raise ValueError(f"{what} file {path} is corrupt or truncated: {e}") from None
+    tag = blob.get("format") if isinstance(blob, dict) else None
+    if tag != fmt:
+        raise ValueError(f"{path} is not a DQAR {what} file: format tag {tag!r}, expected {fmt!r}")
+    return blob

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from .artifacts import atomic_write
+from .artifacts import atomic_write, load_tagged
 from .quant import QMAX, QTensor, dequantize, quantize
 
 FORMAT = "dqar-cache-calibration/1"
@@ -214,15 +214,7 @@ def save_calibration(path: Path | str, calib: dict[Key, Calibration], meta: dict
 def load_calibration(path: Path | str) -> tuple[dict[Key, Calibration], dict]:
     """Read `save_calibration`'s file: (calib, meta). A missing, corrupt or foreign file is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and EOF errors name no file; say which
-        raise ValueError(f"{path} is not a readable calibration file (corrupt or truncated): {e}") from None
-    tag = blob.get("format") if isinstance(blob, dict) else None
-    if tag != FORMAT:
-        raise ValueError(f"{path} is not a DQAR cache calibration: format tag {tag!r}, expected {FORMAT!r}")
+    blob = load_tagged(path, FORMAT, "cache calibration", weights_only=True)
     try:
         calib = {(int(e["layer"]), e["kind"]): Calibration(e["b"], e["scale"], e["eta"]) for e in blob["entries"]}
     except (KeyError, TypeError) as e:

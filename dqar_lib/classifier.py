@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import DATA, atomic_write, write_result
+from .artifacts import DATA, atomic_write, load_tagged, write_result
 from .data import load_cifar10, to_tensor
 
 DEFAULT_CLASSIFIER = DATA / "models" / "cifar10-classifier" / "classifier.pt"
@@ -114,15 +114,7 @@ def train_classifier(path: Path | str = DEFAULT_CLASSIFIER, epochs: int = 12, ba
 
 def load_classifier(path: Path | str = DEFAULT_CLASSIFIER) -> CifarResNet:
     """The shipped classifier; a missing, corrupt or foreign file is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"classifier file {path} is corrupt or truncated: {e}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a DQAR classifier file (expected format {FORMAT!r})")
+    blob = load_tagged(path, FORMAT, "classifier")
     model = CifarResNet(blob["width"])
     model.load_state_dict(blob["state_dict"])
     return model.eval()

@@ -87,3 +87,22 @@ def scatter_rank(ax, x, y, xlabel: str, ylabel: str, logx: bool = False, logy: b
     ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear",
            title=f"Spearman rho = {rho:.2f}")
     return rho
+
+
+def pareto(ax, df, ours: tuple[str, ...] = ("dqar", "policy", "entropy", "SNR", "schedule"), cap: float = 60.0,
+           ceiling: float | None = None) -> None:
+    """Speed vs quality, one point per method: DQAR's variants as circles, peers as squares.
+
+    `df` is indexed by method with columns `speedup` and `psnr` (the full-compute row is skipped); PSNR is
+    capped at `cap` dB so that lossless methods stay on the plot. `ceiling`: a dashed line at that speedup.
+    """
+    for m, r in df.drop(index="full", errors="ignore").iterrows():
+        mine = m.startswith(ours)
+        y = min(r.psnr, cap)
+        ax.scatter(r.speedup, y, s=70 if m == "dqar" else 30, marker="o" if mine else "s",
+                   color="C0" if mine else "C1", zorder=3, edgecolor="k" if m == "dqar" else None)
+        ax.annotate(m, (r.speedup, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.axvline(1.0, color="k", lw=0.8)
+    if ceiling is not None:
+        ax.axvline(ceiling, color="k", ls="--", lw=0.8)
+    ax.set(xlabel="speedup vs full compute (wall clock)", ylabel=f"PSNR vs full compute (dB, capped at {cap:.0f})")

@@ -91,15 +91,11 @@ def save_policy(policy: ReusePolicy, path: Path | str, meta: dict | None = None)
 
 def load_policy(path: Path | str) -> ReusePolicy:
     """Load a policy file; a missing, corrupt or foreign file is an error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"policy file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"policy file {path} is corrupt or truncated: {e}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or tuple(blob.get("features", ())) != FEATURES:
-        raise ValueError(f"{path} is not a DQAR policy file (expected format {FORMAT!r} with features {FEATURES})")
+    from .artifacts import load_tagged
+
+    blob = load_tagged(path, FORMAT, "policy")
+    if tuple(blob.get("features", ())) != FEATURES:
+        raise ValueError(f"{path} is not a DQAR policy file for features {FEATURES}: it has {blob.get('features')}")
     policy = ReusePolicy(blob["hidden"], blob["depth"])
     policy.load_state_dict(blob["state_dict"])
     return policy.eval()
