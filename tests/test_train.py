@@ -1,0 +1,38 @@
+import json
+
+import pytest
+import torch
+
+from dqar_lib import load_model
+from dqar_lib.train import TrainConfig, train_dit
+
+TINY = dict(width=32, depth=1, heads=2, batch_size=4, warmup_steps=1, ckpt_every_minutes=1e-6)
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    out, ckpt = tmp_path / "model", tmp_path / "ckpt.pt"
+    first = train_dit(TrainConfig(total_steps=3, **TINY), out, ckpt)
+    assert first["steps"] == 3 and ckpt.is_file()
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 3
+    second = train_dit(TrainConfig(total_steps=5, **TINY), out, ckpt)
+    assert second["steps"] == 5  # continued from step 3, not from scratch
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["result"]["steps"] == 5 and "manifest" in log
+    model = load_model(out)
+    assert model.dqar_meta["guidance_scale"] == TrainConfig().guidance_scale
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_warm_start_from_exported_weights_without_checkpoint(tmp_path):
+    out = tmp_path / "model"
+    train_dit(TrainConfig(total_steps=2, **TINY), out, tmp_path / "a.pt")
+    res = train_dit(TrainConfig(total_steps=3, **TINY), out, tmp_path / "missing.pt")
+    assert res["steps"] == 3
+
+
+def test_train_config_validates():
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.5)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TrainConfig(batch_size=0)
