@@ -114,10 +114,25 @@ class _CallCounter:
                 "per_layer_compute": list(self.n_attn), "ff_skipped": [max(0, num_steps - n) for n in self.n_ff]}
 
 
-def _run(model, method, kwargs: dict, dev):
-    """Time one sampling call of a method; a peer is applied before and removed after, outside the timing."""
-    if not _is_runner(method):
-        return _time_once(lambda: sample(model, dqar=method, **kwargs), dev)
+def _set_block_compile(blocks, compiled) -> None:
+    """Switch the blocks' compiled call on (a list of compiled impls) or off (None) for the next run."""
+    for i, block in enumerate(blocks):
+        block._compiled_call_impl = compiled[i] if compiled is not None else None
+
+
+def _run(model, method, kwargs: dict, dev, blocks=(), compiled=None, compile_options=None):
+    """Time one sampling call of a method; a peer is applied before and removed after, outside the timing.
+
+    Compiled runs: full compute and peers run with whole blocks compiled; DQAR compiles only its compute
+    paths (regional compile in apply_dqar), so its Python decisions never enter a graph.
+    """
+    if isinstance(method, DQARConfig):
+        _set_block_compile(blocks, None)
+        c = dict(compile=True, compile_options=compile_options) if compiled is not None else {}
+        return _time_once(lambda: sample(model, dqar=method, **c, **kwargs), dev)
+    _set_block_compile(blocks, compiled)
+    if method is None:
+        return _time_once(lambda: sample(model, **kwargs), dev)
     method.apply(model)
     counter = _CallCounter(model)
     try:
@@ -173,8 +188,9 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     method: times (whole sampling call; median, spread, per image, per step), speedup against the first
     method (normally None = full compute), reuse fraction, analytic FLOPs per image (all steps) and their
     ratio, the attention ceiling, and PSNR/SSIM of its images against the first method's (None without images).
-    `compile=True` compiles each transformer block (`block.compile(**compile_options)`) for the run and
-    undoes it afterwards.
+    `compile=True`: full compute and peers run with each transformer block compiled
+    (`block.compile(**compile_options)`), DQAR with its compute paths compiled on their own
+    (`apply_dqar(compile=True)`); undone afterwards.
     """
     if not configs:
         raise ValueError(f"configs must name at least one method, got {configs!r}")
@@ -199,6 +215,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     blocks = _transformer_blocks(model) if compile else []
     for block in blocks:
         block.compile(**(compile_options or {}))
+    compiled = [block._compiled_call_impl for block in blocks] if compile else None
     times = {name: [] for name in methods}
     results = {}
     if dev.type == "cuda":
@@ -210,7 +227,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
             for name, cfg in methods.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
-                ms, results[name] = _run(model, cfg, kwargs, dev)
+                ms, results[name] = _run(model, cfg, kwargs, dev, blocks, compiled, compile_options)
                 if r >= warmup:
                     times[name].append(ms)
                     if dev.type == "cuda":

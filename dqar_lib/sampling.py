@@ -62,12 +62,13 @@ def _check(model, labels: torch.Tensor, num_steps, guidance_scale, scheduler) ->
 @torch.no_grad()
 def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_scale: float | None = None,
            seed: int = 0, scheduler: str = "ddim", dqar: DQARConfig | str | None = None, progress: bool = True,
-           vae=None, step_callback=None) -> SampleResult:
+           vae=None, step_callback=None, compile: bool = False, compile_options: dict | None = None) -> SampleResult:
     """Sample one image per label. `dqar` (a DQARConfig or preset name) is attached for this call only.
 
     Noise comes from a CPU generator seeded with `seed`, so a seed gives the same start on any device.
     With guidance_scale > 1 the conditional and unconditional halves run in one batch (conditional first).
     `step_callback(i, t)` runs before each model call (peers' caches read the current step from it).
+    `compile` / `compile_options` go to `apply_dqar` (regional compile of DQAR's compute paths).
     """
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
@@ -82,7 +83,8 @@ def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_s
     y = torch.cat([labels, torch.full_like(labels, null)]) if cfg else labels
     y = y.to(device)
     attached = dqar is not None
-    ctl = apply_dqar(model, dqar, scheduler=sched) if attached else get_controller(model)
+    ctl = apply_dqar(model, dqar, scheduler=sched, compile=compile, compile_options=compile_options) if attached \
+        else get_controller(model)
     if ctl is not None:
         ctl.reset()
     t0 = time.perf_counter()

@@ -170,3 +170,19 @@ def test_bench_runs_peers_beside_dqar():
     assert by["w8a8"]["reuse_fraction"] == 0.0 and by["w8a8"]["flops_ratio"] == 1.0
     assert 10 < by["w8a8"]["psnr"] < float("inf")
     assert not any(hasattr(m, "_diffusers_hook") or "forward" in vars(m) for m in model.modules())
+
+
+def test_bench_compiled_dqar_uses_regional_compile():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_dit()
+    cfg = DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.0)
+    rows = bench_sampling(model, [0, 1], {"full": None, "dqar": cfg}, num_steps=6, repeats=2, warmup=1,
+                          compile=True, compile_options=dict(backend="eager"), progress=False)
+    graphs = counters["stats"]["unique_graphs"]
+    assert rows[1]["compiled"] and 0 < rows[1]["reuse_fraction"] < 1
+    assert graphs <= 3  # a block graph for full compute, one attention graph for DQAR (+ one for a half batch)
+    assert all(block._compiled_call_impl is None for block in model.transformer_blocks)
+    assert not any("forward" in vars(m) for m in model.modules())
