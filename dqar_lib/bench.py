@@ -261,6 +261,7 @@ def _rows(model, labels, methods, times, results, peak, num_steps, guidance, com
             flops_per_image=flops, flops_ratio=base_flops / flops, attention_ceiling=ceiling,
             peak_memory_bytes=peak[name], peak_cache_bytes=res.stats.get("peak_cache_bytes", 0),
             psnr=psnr(res.images, base.images) if same else None, ssim=ssim(res.images, base.images) if same else None,
+            latent_rel_l2=((res.latents.float() - base.latents.float()).norm() / base.latents.float().norm()).item(),
             overhead_fraction=res.stats.get("decision_seconds", 0.0) * 1000 / num_steps / (s["median_ms"] / num_steps),
         ))
     return rows

@@ -186,3 +186,19 @@ def test_bench_compiled_dqar_uses_regional_compile():
     assert graphs <= 3  # a block graph for full compute, one attention graph for DQAR (+ one for a half batch)
     assert all(block._compiled_call_impl is None for block in model.transformer_blocks)
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_gpu_bench_cli_runs_on_cpu(tmp_path):
+    from dqar_lib.artifacts import read_result
+    from dqar_lib.gpu_bench import main
+
+    main(["--out", str(tmp_path), "--models", "tiny", "--batch", "2", "--steps", "3", "--repeats", "1",
+          "--device", "cpu"])
+    eager, compiled = read_result(tmp_path / "tiny-eager.json"), read_result(tmp_path / "tiny-compiled.json")
+    names = [r["method"] for r in eager["result"]["rows"]]
+    assert names[0] == "full" and "dqar, block" in names and "diffusers pab" in names
+    assert all(r["compiled"] for r in compiled["result"]["rows"])
+    assert eager["manifest"]["params"]["weights"].startswith("random")
+    assert eager["result"]["rows"][1]["latent_rel_l2"] > 0 == eager["result"]["rows"][0]["latent_rel_l2"]
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--models", "DiT-XXL"])

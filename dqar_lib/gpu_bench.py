@@ -1,0 +1,81 @@
+"""The GPU benchmark (notebooks/07_gpu_benchmarks, full profile): real DiT architectures, eager and compiled.
+
+    python -m dqar_lib.gpu_bench --out DIR [--models facebook/DiT-XL-2-256 ...] [--batch 16] [--steps 50]
+
+Weights are random unless the hub is reachable (`--hub`): speed then reflects the decision plan and the
+architecture, not the weights, and quality is the latent's relative L2 change against full compute.
+Each model gets two runs in this process, eager and compiled, each against its own full-compute baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .bench import bench_sampling, write_bench
+from .config import DQARConfig
+from .models import REAL_MODELS, load_model, random_real, tiny_dit
+from .peers import PEERS
+
+DIT_MODELS = [m for m in REAL_MODELS if "DiT-XL" in m]
+
+
+def methods(peers: bool) -> dict:
+    """Full compute, the all-attention-reused ceiling, DQAR's variants, the static plan, and diffusers' peers."""
+    P = DQARConfig.preset
+    gates = dict(tau=1.0, snr_lo=0.0)  # random weights: the gates carry no signal, the schedule decides
+    out = {"full": None, "all attention reused (ceiling)": "always",
+           "dqar": P("dqar", **gates), "dqar + CFG sharing": P("dqar", cfg_share=True, **gates),
+           "dqar, block": P("dqar", granularity="block", **gates),
+           "dqar, block + CFG sharing": P("dqar", granularity="block", cfg_share=True, **gates),
+           "static (DiTFastAttn-style)": "static"}
+    if peers:
+        out.update({f"diffusers {k}": PEERS[k]() for k in ("pab", "fbc")})
+    return out
+
+
+def run(models: list[str], out: Path, batch: int, steps: int, repeats: int, device: str, hub: bool) -> list[Path]:
+    written = []
+    for name in models:
+        if name == "tiny":
+            model, weights = tiny_dit().to(device), "random (tiny test model)"
+        elif hub:
+            model, weights = load_model(name, dtype=torch.float16).to(device), "hub"
+        else:
+            model, weights = random_real(name, torch.float16).to(device), "random (hub not reachable)"
+        labels = [i % 1000 % model.config.num_embeds_ada_norm for i in range(batch)]
+        for compiled in (False, True):
+            rows = bench_sampling(model, labels, methods(peers=not compiled), num_steps=steps, guidance_scale=1.5,
+                                  repeats=repeats, compile=compiled, compile_options={} if device == "cuda"
+                                  else {"backend": "eager"})
+            tag = f"{name.split('/')[-1]}-{'compiled' if compiled else 'eager'}"
+            written.append(write_bench(out / f"{tag}.json", rows, dict(
+                model=name, weights=weights, batch=batch, steps=steps, repeats=repeats, guidance_scale=1.5,
+                compiled=compiled, dtype=str(next(model.parameters()).dtype))))
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return written
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--models", nargs="+", default=DIT_MODELS, help=f"any of {DIT_MODELS} or 'tiny'")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--hub", action="store_true", help="load real weights from the hub (Colab)")
+    a = p.parse_args(argv)
+    bad = [m for m in a.models if m != "tiny" and m not in DIT_MODELS]
+    if bad:
+        p.error(f"unknown models {bad}; known: {DIT_MODELS + ['tiny']}")
+    for path in run(a.models, a.out, a.batch, a.steps, a.repeats, a.device, a.hub):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
