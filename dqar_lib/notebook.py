@@ -28,3 +28,13 @@ def check_parameters(**params) -> None:
             raise ValueError(f"parameter tau={v!r} is invalid: expected a number in [0, 1]")
         if name == "guidance_scale" and not (isinstance(v, (int, float)) and v >= 1.0):
             raise ValueError(f"parameter guidance_scale={v!r} is invalid: expected a number >= 1")
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """myst_nb.glue for numbers in prose: numpy and torch scalars become plain Python numbers first.
+
+    (numpy 2 writes np.float64(0.5) as its text form, which MyST cannot format with `:.2f`.)
+    """
+    from myst_nb import glue as _glue
+
+    _glue(name, value.item() if hasattr(value, "item") else value, display=display)
