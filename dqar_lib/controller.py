@@ -132,11 +132,9 @@ class DQARController:
             return None
         if not torch.is_tensor(t):
             return float(t)
-        if t.device.type != "cpu" and getattr(self.scheduler, "timesteps", None) is not None:
-            ts = self.scheduler.timesteps
-            if ts is not self._ts_obj:  # set_timesteps was called: a new run, read the schedule once
-                self._ts_obj, self._ts_host, self._calls_since_ts = ts, [float(v) for v in ts.cpu()], 0
-            t_host = self._ts_host[self._calls_since_ts % len(self._ts_host)]
+        ts = self._host_schedule() if t.device.type != "cpu" else None
+        if ts:
+            t_host = ts[self._calls_since_ts % len(ts)]
             self._calls_since_ts += 1
             return t_host
         return float(t.reshape(-1)[0])  # a CPU read, or a device read when no scheduler was given
@@ -167,14 +165,19 @@ class DQARController:
         self.keep = [self._may_reuse_later(i) for i in range(self.num_layers)]
         self.decision_seconds += time.perf_counter() - t0
 
-    def _next_t(self) -> float | None:
-        """The next step's timestep, from the scheduler's schedule when one was given (else unknown)."""
+    def _host_schedule(self) -> list[float] | None:
+        """The scheduler's timesteps as host floats, read once per `set_timesteps` (None without a scheduler)."""
         ts = getattr(self.scheduler, "timesteps", None)
         if ts is None:
             return None
-        if ts is not self._ts_obj:
+        if ts is not self._ts_obj:  # set_timesteps was called: a new run, read the schedule once
             self._ts_obj, self._ts_host, self._calls_since_ts = ts, [float(v) for v in ts.cpu()], 0
-        return self._ts_host[self.step + 1] if self.step + 1 < len(self._ts_host) else None
+        return self._ts_host
+
+    def _next_t(self) -> float | None:
+        """The next step's timestep, from the scheduler's schedule when one was given (else unknown)."""
+        ts = self._host_schedule()
+        return ts[self.step + 1] if ts and self.step + 1 < len(ts) else None
 
     def _may_reuse_later(self, i: int) -> bool:
         """Could layer i reuse at the next step? If not, storing its output this step is wasted work."""
