@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab install clean
+.PHONY: book test lab install clean check-book
 
 install: $(STAMP)
 
@@ -22,6 +22,16 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+# Screenshot the built book's first page in headless Chromium (Debian's `chromium`), into data/screenshots/.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+check-book: book
+	@if [ -z "$(CHROMIUM)" ]; then echo "check-book skipped: no chromium on PATH (apt-get install chromium)"; exit 0; fi; \
+	dir=$$(mktemp -d); mkdir -p data/screenshots; \
+	$(CHROMIUM) --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+	  --disable-component-update --disable-sync --user-data-dir=$$dir --window-size=1400,2000 \
+	  --screenshot=data/screenshots/intro.png file://$(CURDIR)/_build/html/book/intro.html 2>/dev/null; \
+	test -s data/screenshots/intro.png && echo "wrote data/screenshots/intro.png"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
