@@ -233,11 +233,15 @@ class DQARController:
     def cached(self, i: int, kind: str) -> torch.Tensor:
         return self.cache.get((i, kind))
 
-    def store(self, i: int, kind: str, x: torch.Tensor) -> None:
-        """Keep layer i's fresh output for later steps; where no later step can use it, drop the old entry."""
+    def store(self, i: int, kind: str, x) -> None:
+        """Keep layer i's fresh output for later steps; where no later step can use it, drop the old entry.
+
+        `x` may be a zero-argument callable (e.g. a residual to subtract), evaluated only when it is kept.
+        """
         if self.config.enabled and not self.keep[i]:
             self.cache.drop((i, kind))
         elif self.config.enabled:
+            x = x() if callable(x) else x
             mode = storage_mode(self.config.cache_mode, kind)
             calib = self.calibration[(i, kind)] if mode == "csb" else None
             self.cache.store((i, kind), x, mode, calib, self.config.cache_calib_dynamic)

@@ -72,7 +72,7 @@ def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module, co
                 out = orig(*args, **kwargs)
         finally:
             layer.capture = False
-        ctl.store(i, "res", out - hs)
+        ctl.store(i, "res", lambda: out - hs)  # subtract only if a later step can use it
         _entropy(ctl, layer)
         return out
 
