@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
@@ -35,12 +37,16 @@ class TrainConfig:
     max_minutes: float = 60.0
     ckpt_every_minutes: float = 5.0
     guidance_scale: float = 4.0  # recorded with the model: sample()'s default for it
+    min_snr_gamma: float = 5.0  # Min-SNR-gamma loss weight min(SNR, gamma)/SNR (Hang et al. 2023); 0 turns it off
+    bf16: bool = False  # bf16 autocast for the forward pass (1.6x per step on a CPU with avx512_bf16); fp32 weights
     seed: int = 0
 
     def __post_init__(self):
         for name in ("patch_size", "width", "depth", "heads", "batch_size", "total_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"TrainConfig.min_snr_gamma must be >= 0 (0 turns the weighting off), got {self.min_snr_gamma}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must lie in (0, 1), got {self.ema_decay}")
 
@@ -70,6 +76,33 @@ def export(ema: torch.nn.Module, out_dir: Path, cfg: TrainConfig, log: list, ste
                  params=asdict(cfg))
 
 
+@contextlib.contextmanager
+def _deferred_interrupts():
+    """Turn Ctrl-C / SIGTERM into a flag the loop checks between steps, so a stop never lands mid-update."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["stop"] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _loss_weight(acp_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample weight of the epsilon loss: min(SNR_t, gamma) / SNR_t, or 1 where gamma is 0."""
+    if gamma <= 0:
+        return torch.ones_like(acp_t)
+    snr = acp_t / (1 - acp_t)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_dit(cfg: TrainConfig, out_dir: Path | str, ckpt: Path | str, device: str = "cpu") -> dict:
     """Train (or resume) the embedded DiT until total_steps or max_minutes; export the EMA model to out_dir."""
     out_dir, ckpt = Path(out_dir), Path(ckpt)
@@ -97,48 +130,60 @@ def train_dit(cfg: TrainConfig, out_dir: Path | str, ckpt: Path | str, device: s
     acp = sched.alphas_cumprod.to(device)
     t0 = last_ckpt = time.time()
     run_loss, run_n = 0.0, 0
-    bar = tqdm(total=cfg.total_steps, initial=step, desc="train DiT", mininterval=10)
-    while step < cfg.total_steps and time.time() - t0 < cfg.max_minutes * 60:
-        idx = torch.randint(0, x.shape[0], (cfg.batch_size,))
-        x0 = x[idx].to(device)
-        flip = torch.rand(cfg.batch_size, device=device) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)  # random horizontal flip
-        labels = y[idx].to(device)  # the model drops labels to the null class with p=0.1 itself
-        t = torch.randint(0, 1000, (cfg.batch_size,), device=device)
-        eps = torch.randn_like(x0)
-        a = acp[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        loss = F.mse_loss(model(x_t, timestep=t, class_labels=labels).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-        opt.step()
-        step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        run_loss, run_n = run_loss + loss.item(), run_n + 1
-        if step % 100 == 0:
-            log.append([step, run_loss / run_n])
-            bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
-            run_loss, run_n = 0.0, 0
-        bar.update(1)
-        if time.time() - last_ckpt > cfg.ckpt_every_minutes * 60:
-            elapsed = seconds + time.time() - t0
-            _save_ckpt(ckpt, dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
-                                  seconds=elapsed, log=log, rng=torch.get_rng_state(), config=asdict(cfg)))
-            export(ema, out_dir, cfg, log, step, elapsed)
-            last_ckpt = time.time()
-    bar.close()
-    seconds += time.time() - t0
-    _save_ckpt(ckpt, dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
-                          seconds=seconds, log=log, rng=torch.get_rng_state(), config=asdict(cfg)))
-    export(ema, out_dir, cfg, log, step, seconds)
-    return {"steps": step, "seconds": seconds, "final_loss": log[-1][1] if log else None}
 
+    def save(step: int) -> float:
+        elapsed = seconds + time.time() - t0
+        _save_ckpt(ckpt, dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
+                              seconds=elapsed, log=log, rng=torch.get_rng_state(), config=asdict(cfg)))
+        export(ema, out_dir, cfg, log, step, elapsed)
+        return elapsed
+
+    bar = tqdm(total=cfg.total_steps, initial=step, desc="train DiT", mininterval=10)
+    with _deferred_interrupts() as interrupt:
+        while step < cfg.total_steps and time.time() - t0 < cfg.max_minutes * 60 and not interrupt["stop"]:
+            mse = _train_step(model, ema, opt, x, y, acp, cfg, step, device)
+            step += 1
+            run_loss, run_n = run_loss + mse, run_n + 1
+            if step % 100 == 0:
+                log.append([step, run_loss / run_n])
+                bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
+                run_loss, run_n = 0.0, 0
+            bar.update(1)
+            if time.time() - last_ckpt > cfg.ckpt_every_minutes * 60:
+                save(step)
+                last_ckpt = time.time()
+    bar.close()
+    seconds = save(step)
+    return {"steps": step, "seconds": seconds, "final_loss": log[-1][1] if log else None,
+            "interrupted": interrupt["stop"]}
+
+
+def _train_step(model, ema, opt, x, y, acp, cfg: TrainConfig, step: int, device: str) -> float:
+    """One optimizer step on a random batch, then the EMA update; returns the batch's plain epsilon MSE."""
+    idx = torch.randint(0, x.shape[0], (cfg.batch_size,))
+    x0 = x[idx].to(device)  # (B, 3, 32, 32)
+    flip = torch.rand(cfg.batch_size, device=device) < 0.5
+    x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)  # random horizontal flip
+    labels = y[idx].to(device)  # the model drops labels to the null class with p=0.1 itself
+    t = torch.randint(0, 1000, (cfg.batch_size,), device=device)
+    eps = torch.randn_like(x0)
+    a = acp[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        pred = model(x_t, timestep=t, class_labels=labels).sample
+    per_sample = (pred.float() - eps).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    loss = (per_sample * _loss_weight(acp[t], cfg.min_snr_gamma)).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    opt.step()
+    decay = min(cfg.ema_decay, (2 + step) / (11 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+    return per_sample.mean().item()
 
 if __name__ == "__main__":
     import argparse
@@ -149,8 +194,10 @@ if __name__ == "__main__":
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--total-steps", type=int, default=60_000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster where the CPU/GPU has bf16 units)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(train_dit(TrainConfig(max_minutes=a.max_minutes, total_steps=a.total_steps), a.out, a.ckpt, a.device))
+    cfg = TrainConfig(max_minutes=a.max_minutes, total_steps=a.total_steps, bf16=a.bf16)
+    print(train_dit(cfg, a.out, a.ckpt, a.device))

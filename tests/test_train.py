@@ -36,3 +36,27 @@ def test_train_config_validates():
         TrainConfig(ema_decay=1.5)
     with pytest.raises(ValueError, match="batch_size must be positive"):
         TrainConfig(batch_size=0)
+
+
+def test_interrupt_stops_between_steps_and_saves(tmp_path):
+    import os
+    import signal
+    import threading
+
+    out, ckpt = tmp_path / "model", tmp_path / "ckpt.pt"
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    res = train_dit(TrainConfig(total_steps=10**6, **{**TINY, "ckpt_every_minutes": 60}), out, ckpt)
+    assert res["interrupted"] and 0 < res["steps"] < 10**6
+    assert torch.load(ckpt, weights_only=False)["step"] == res["steps"]  # nothing done was lost
+    assert json.loads((out / "train_log.json").read_text())["result"]["steps"] == res["steps"]
+
+
+def test_min_snr_weight():
+    from dqar_lib.train import _loss_weight
+
+    acp = torch.tensor([0.999, 0.5, 0.01])  # SNR 999, 1, ~0.01
+    w = _loss_weight(acp, 5.0)
+    assert torch.allclose(w, torch.tensor([5.0 / 999.0, 1.0, 1.0]), rtol=1e-4)
+    assert torch.equal(_loss_weight(acp, 0.0), torch.ones(3))
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        TrainConfig(min_snr_gamma=-1.0)
