@@ -46,7 +46,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         if self.min_snr_gamma < 0:
-            raise ValueError(f"TrainConfig.min_snr_gamma must be >= 0 (0 turns the weighting off), got {self.min_snr_gamma}")
+            raise ValueError(f"TrainConfig.min_snr_gamma must be >= 0 (0: no weighting), got {self.min_snr_gamma}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig.ema_decay must lie in (0, 1), got {self.ema_decay}")
 

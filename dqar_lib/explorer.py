@@ -1,0 +1,138 @@
+"""The explorer: replay DQAR's decisions over stored traces, and a widget that works in static HTML.
+
+`replay` runs the controller's own pure `decide()` over the host numbers a trace recorded, so a
+config's reuse map can be seen without sampling. `explorer_widget` precomputes one figure per point
+of a (tau, snr_lo, schedule depth) grid and links the sliders to them in the browser (`jslink`), so
+the rendered book reacts to the sliders with no Python kernel behind it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+
+from .config import DQARConfig
+from .controller import StepView, decide
+from .schedule import progress
+
+
+def runs(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Trace rows grouped by run: (scheduler, seed, class) -> rows of that sampling run."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r.get("scheduler"), r.get("seed"), r.get("cls")), []).append(r)
+    return out
+
+
+def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 1000) -> np.ndarray:
+    """(steps, layers) bool plan that `cfg` makes on one traced run, decided exactly as the controller does.
+
+    The trace holds the statistics each decision saw (one step late), so the replay is exact while the
+    cache holds a valid entry for every layer that may reuse (no byte budget, no invalidation).
+    """
+    if not run_rows:
+        raise ValueError("replay needs the rows of one traced run; got none")
+    S = 1 + max(r["step"] for r in run_rows)
+    L = 1 + max(r["layer"] for r in run_rows)
+    by = {(r["step"], r["layer"]): r for r in run_rows}
+    if len(by) != S * L or len(run_rows) != S * L:
+        raise ValueError(f"a traced run has {len(run_rows)} rows over {len(by)} (step, layer) pairs, expected one "
+                         f"row for each of {S} x {L}: "
+                         "pass the rows of one run (see `runs`)")
+    plan = np.zeros((S, L), dtype=bool)
+    streak, post = [0] * L, None
+    for s in range(S):
+        sp = progress(by[(s, 0)]["t"], num_train_timesteps)
+        if post is None and s > 0 and sp >= cfg.warmup:
+            post = 0
+        elif post is not None:
+            post += 1
+        for i in range(L):
+            r = by[(s, i)]
+            ok = s > 0 and decide(cfg, StepView(s, sp, i, L, r["H_t"], r["SNR_t"], streak[i], post))[0]
+            plan[s, i] = ok
+            streak[i] = streak[i] + 1 if ok else 0
+    return plan
+
+
+def drift_cost(run_rows: list[dict], plan: np.ndarray) -> np.ndarray:
+    """(steps, layers) relative error of the output each reuse serves: the summed step-to-step change
+    (`rel_l2` of the trace) since the layer last computed, a triangle-inequality bound; 0 where it computes."""
+    S, L = plan.shape
+    rel = np.zeros((S, L))
+    for r in run_rows:
+        v = r["rel_l2"]
+        rel[r["step"], r["layer"]] = 0.0 if v is None or not np.isfinite(v) else v
+    cost = np.zeros((S, L))
+    for s in range(1, S):
+        cost[s] = np.where(plan[s], cost[s - 1] * plan[s - 1] + rel[s], 0.0)
+    return cost
+
+
+def summarize(rows: list[dict], cfg: DQARConfig, quant_error: float = 0.0) -> dict:
+    """Mean over traced runs of the reuse fraction and the predicted error per reuse (drift + cache error)."""
+    fr, err = [], []
+    for run_rows in runs(rows).values():
+        plan = replay(run_rows, cfg)
+        fr.append(plan.mean())
+        if plan.any():
+            err.append(float(drift_cost(run_rows, plan)[plan].mean()) + quant_error)
+    return {"reuse_fraction": float(np.mean(fr)), "error_per_reuse": float(np.mean(err)) if err else 0.0}
+
+
+def _figure_png(run_rows, cfg, title: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    plan = replay(run_rows, cfg)
+    fig, ax = plt.subplots(figsize=(7.5, 2.4), dpi=72)
+    plots.reuse_map(ax, [dict(step=s, layer=i, reuse=bool(plan[s, i])) for s in range(plan.shape[0])
+                         for i in range(plan.shape[1])], title=title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def explorer_widget(rows: list[dict], base: DQARConfig, taus, snr_los, depths, quant_errors: dict[str, float],
+                    show_run: tuple | None = None):
+    """Sliders for tau, snr_lo and the schedule's starting depth over precomputed reuse maps.
+
+    Each grid point's figure shows the reuse map of one traced run (`show_run`, default the first),
+    titled with the reuse fraction and predicted error per reuse averaged over every run, for each cache
+    mode in `quant_errors` (its mean relative round-trip error). Returns an ipywidgets VBox.
+    """
+    import ipywidgets as w
+
+    grouped = runs(rows)
+    shown = grouped[show_run] if show_run is not None else next(iter(grouped.values()))
+    modes = list(quant_errors)
+
+    def leaf(tau, snr_lo, depth):
+        cfg = base.replace(tau=float(tau), snr_lo=float(snr_lo), schedule_depth_start=float(depth))
+        s = summarize(rows, cfg)
+        per_mode = ", ".join(f"{m} {s['error_per_reuse'] + quant_errors[m]:.3f}" for m in modes)
+        title = f"reuse {s['reuse_fraction']:.2f} | error per reuse: {per_mode}"
+        return w.Image(value=_figure_png(shown, cfg, title), format="png")
+
+    sliders = [w.SelectionSlider(options=[(f"{v:g}", i) for i, v in enumerate(vals)], value=0, description=name,
+                                 continuous_update=True, layout=w.Layout(width="420px"))
+               for name, vals in (("tau", taus), ("snr_lo", snr_los), ("depth₀", depths))]
+    grid = {k: leaf(*k) for k in itertools.product(taus, snr_los, depths)}
+    outer = []
+    for tau in taus:
+        mids = []
+        for snr_lo in snr_los:
+            inner = w.Stack([grid[(tau, snr_lo, d)] for d in depths], selected_index=0)
+            w.jslink((sliders[2], "index"), (inner, "selected_index"))
+            mids.append(inner)
+        mid = w.Stack(mids, selected_index=0)
+        w.jslink((sliders[1], "index"), (mid, "selected_index"))
+        outer.append(mid)
+    top = w.Stack(outer, selected_index=0)
+    w.jslink((sliders[0], "index"), (top, "selected_index"))
+    return w.VBox([w.HBox(sliders[:2]), sliders[2], top])
