@@ -27,11 +27,7 @@ test: $(STAMP)
 CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
 check-book: book
 	@if [ -z "$(CHROMIUM)" ]; then echo "check-book skipped: no chromium on PATH (apt-get install chromium)"; exit 0; fi; \
-	dir=$$(mktemp -d); mkdir -p data/screenshots; \
-	$(CHROMIUM) --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
-	  --disable-component-update --disable-sync --user-data-dir=$$dir --window-size=1400,2000 \
-	  --screenshot=data/screenshots/intro.png file://$(CURDIR)/_build/html/book/intro.html 2>/dev/null; \
-	test -s data/screenshots/intro.png && echo "wrote data/screenshots/intro.png"
+	$(BIN)/python scripts/check_book.py $(CHROMIUM)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
