@@ -234,7 +234,7 @@ UNRUNNABLE: dict[str, Callable] = dict(fastercache=fastercache)  # tried by peer
 
 
 def get_peer(name: str, **params) -> Peer:
-    """PEERS[name](**params); an unknown name is a ValueError listing the known peers."""
+    """``PEERS[name](**params)``; an unknown name is a ValueError listing the known peers."""
     if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; known peers: {sorted(PEERS)}")
     return PEERS[name](**params)

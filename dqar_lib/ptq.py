@@ -4,7 +4,7 @@ Every nn.Linear inside the transformer blocks computes Y = Q_a(X / b) Q_w(W * b)
 per-output-channel INT8 (s = max_j |W'_ij| / 127 per row i) and Q_a per-tensor INT8 with a static scale
 fitted on calibration runs. b (C_in,) is PTQ4DiT's Channel-wise Salience Balancing,
 
-    b_j = clip(s_X_j ** alpha / s_W_j ** (1 - alpha), *b_clip),   alpha = 0.5: b_j = sqrt(s_X_j / s_W_j),
+    ``b_j = clip(s_X_j ** alpha / s_W_j ** (1 - alpha), *b_clip)``;   alpha = 0.5: ``b_j = sqrt(s_X_j / s_W_j)``,
 
 with s_W_j = max_i |W_ij| and s_X the activation salience pooled over calibration calls by SSC:
 s_X = sum_t eta_t s_X_t, eta_t = softmax_t(-rho_t), rho_t = spearman(s_X_t, s_W) (adreamwu/PTQ4DiT,
