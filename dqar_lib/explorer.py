@@ -136,3 +136,28 @@ def explorer_widget(rows: list[dict], base: DQARConfig, taus, snr_los, depths, q
     top = w.Stack(outer, selected_index=0)
     w.jslink((sliders[0], "index"), (top, "selected_index"))
     return w.VBox([w.HBox(sliders[:2]), sliders[2], top])
+
+
+def calibrate_gates(rows: list[dict], base: DQARConfig, target_reuse: float, snr_quantile: float = 0.3,
+                    iters: int = 12) -> dict:
+    """Gate thresholds for a reuse budget: snr_lo at `snr_quantile` of the traced SNR_t past warmup, and tau
+    at the quantile of the traced H_t whose replayed reuse fraction (mean over the runs) comes closest to
+    `target_reuse` from below. Returns {"tau", "snr_lo", "reuse_fraction"} (the replayed fraction)."""
+    from .tracing import gate_thresholds
+
+    if not 0.0 < target_reuse < 1.0:
+        raise ValueError(f"target_reuse={target_reuse!r} is invalid: expected a number in (0, 1)")
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(iters):
+        q = (lo + hi) / 2
+        g = gate_thresholds(rows, tau_quantile=q, snr_quantile=snr_quantile, warmup=base.warmup)
+        g["tau"] = min(1.0, g["tau"])
+        fr = summarize(rows, base.replace(**g))["reuse_fraction"]
+        if fr <= target_reuse:
+            lo, best = q, dict(g, reuse_fraction=fr)
+        else:
+            hi = q
+    if best is None:
+        g = gate_thresholds(rows, tau_quantile=0.0, snr_quantile=snr_quantile, warmup=base.warmup)
+        best = dict(g, reuse_fraction=summarize(rows, base.replace(**g))["reuse_fraction"])
+    return best
