@@ -87,3 +87,48 @@ def gate_thresholds(rows: list[dict], tau_quantile: float = 0.5, snr_quantile: f
     H = np.array([r["H_t"] for r in late], dtype=float)
     snr = np.array([r["SNR_t"] for r in late], dtype=float)
     return {"tau": float(np.quantile(H, tau_quantile)), "snr_lo": float(np.quantile(snr, snr_quantile))}
+
+
+def _fingerprint(model) -> str:
+    """A short hash of the model's first and last parameters: a partial file from another model is refused."""
+    import hashlib
+
+    params = list(model.parameters())
+    h = hashlib.sha1()
+    for p in (params[0], params[-1]):
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def record_traces(model, class_labels, runs: list[tuple[str, int, int]], partial_path) -> list[dict]:
+    """`record_trace` over many (scheduler, num_steps, seed) runs, resumable: after each run the rows so far
+    are written (atomically) to `partial_path`; a rerun skips the runs found there, and the file is removed
+    when all are done. A partial file written for another model or other labels is an error naming it."""
+    import json
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .artifacts import atomic_write
+
+    partial_path = Path(partial_path)
+    key = {"model": _fingerprint(model), "labels": [int(c) for c in class_labels]}
+    done: dict[str, list[dict]] = {}
+    if partial_path.is_file():
+        try:
+            saved = json.loads(partial_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{partial_path} is not a readable partial trace file ({e}); delete it") from e
+        if saved.get("key") != key:
+            raise ValueError(f"{partial_path} holds traces of another model or other labels; delete it to start over")
+        done = saved["runs"]
+    for sched, n, seed in tqdm(runs, desc="traces"):
+        name = f"{sched}/{n}/{seed}"
+        if name in done:
+            continue
+        done[name] = record_trace(model, class_labels, num_steps=n, scheduler=sched, seed=seed)
+        with atomic_write(partial_path) as f:
+            json.dump({"key": key, "runs": done}, f)
+    rows = [r for sched, n, seed in runs for r in done[f"{sched}/{n}/{seed}"]]
+    partial_path.unlink(missing_ok=True)
+    return rows

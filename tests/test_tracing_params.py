@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from dqar_lib import tiny_dit
 from dqar_lib.notebook import check_parameters
 from dqar_lib.tracing import gate_thresholds, record_trace, trace_matrix
 
@@ -45,3 +47,37 @@ def test_notebook_parameters_are_checked(params, message):
     with pytest.raises(ValueError, match=message):
         check_parameters(**params)
     check_parameters(profile="smoke", steps=3, seed=0, seeds=[0, 1], scheduler="dpm", tau=0.5, guidance_scale=1.0)
+
+
+def test_record_traces_resumes_after_an_interruption(tmp_path, monkeypatch):
+    import json
+
+    from dqar_lib import tracing
+
+    torch.manual_seed(0)
+    model = tiny_dit(depth=2).eval()
+    runs = [("ddim", 3, 0), ("ddim", 3, 1), ("dpm", 3, 0)]
+    part = tmp_path / "traces.partial.json"
+    real, calls = tracing.record_trace, []
+
+    def flaky(*a, **k):
+        calls.append(k["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is stopped during its second trace
+        return real(*a, **k)
+
+    monkeypatch.setattr(tracing, "record_trace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        tracing.record_traces(model, [1, 2], runs, part)
+    assert list(json.loads(part.read_text())["runs"]) == ["ddim/3/0"]  # the finished run was kept
+    calls.clear()
+    rows = tracing.record_traces(model, [1, 2], runs, part)
+    assert len(calls) == 2 and not part.exists()  # only the two missing runs were recorded
+    monkeypatch.setattr(tracing, "record_trace", real)
+    straight = tracing.record_traces(model, [1, 2], runs, tmp_path / "other.json")
+    assert [(r["scheduler"], r["seed"], r["step"], r["layer"]) for r in rows] == \
+        [(r["scheduler"], r["seed"], r["step"], r["layer"]) for r in straight]
+    assert np.allclose([r["rel_l2"] for r in rows], [r["rel_l2"] for r in straight], equal_nan=True)
+    part.write_text(json.dumps({"key": {"model": "x", "labels": [1, 2]}, "runs": {}}))
+    with pytest.raises(ValueError, match="another model"):
+        tracing.record_traces(model, [1, 2], runs, part)
