@@ -3,7 +3,7 @@ Spearman's-rho-guided Salience Calibration (SSC).
 
 A cached tensor X (B, N, C) is stored as Q = clip(round(X / b / s), -127, 127) with one static per-tensor
 scale s and a static per-channel balancing vector b (C,), and restored as X_hat = Q * s * b. Dividing by b
-flattens the channel salience s(X)_j = max |X[..., j]|, so a single scale no longer wastes its 255 levels on
+flattens the channel salience s(X)_j = max abs(X[..., j]), so a single scale no longer wastes its 255 levels on
 a few outlier channels; like per-channel INT8 it protects the small channels, but b and s are fitted once
 offline, so storing needs no max-reduction and one scale per tensor.
 
@@ -90,7 +90,7 @@ def collect_cache_tensors(model: torch.nn.Module, labels, num_steps: int = 10, s
 
 # ---- salience, SSC and CSB -------------------------------------------------------------------------------
 def salience(x: torch.Tensor) -> torch.Tensor:
-    """s(X)_j = max |X[..., j]| over every dim but the last: (..., C) -> (C,)."""
+    """s(X)_j = max abs(X[..., j]) over every dim but the last: (..., C) -> (C,)."""
     return x.detach().abs().float().reshape(-1, x.shape[-1]).amax(0)
 
 
@@ -167,7 +167,7 @@ def dequantize_calibrated(q: QTensor, calib: Calibration) -> torch.Tensor:
 
 def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], mode: str | dict[Key, Calibration],
                          alpha: float = 0.5, dynamic: bool = False) -> dict[Key, list[dict]]:
-    """Per key and timestep: rel_l2 = ||X_hat - X|| / ||X|| and max_abs = max |X_hat - X|.
+    """Per key and timestep: rel_l2 = norm(X_hat - X) / norm(X) and max_abs = max abs(X_hat - X).
 
     `mode` is one of MODES ("csb" / "csb_ssc" fit b in-sample, without / with SSC) or a fitted calibration.
     CSB uses the static scale unless `dynamic` (then s = max|X / b| / 127 per tensor, as "int8_tensor" does).

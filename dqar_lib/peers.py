@@ -174,8 +174,8 @@ def taylorseer(cache_interval: int = 5, disable_cache_before_step: int = 3, max_
 
     cache_interval, disable_cache_before_step, max_order: TaylorSeerCacheConfig's defaults (5, 3, 1).
     taylor_factors_dtype: float32, as in apply_taylorseer_cache's example (the config default bfloat16 would
-        round an fp32 model's predictions). cache_identifiers names DiT's `transformer_blocks.N.attn1`: the
-        default patterns (`^transformer_blocks.*attn`, matched with re.fullmatch) hook nothing on DiT.
+    round an fp32 model's predictions). cache_identifiers names DiT's `transformer_blocks.N.attn1`: the
+    default patterns (`^transformer_blocks.*attn`, matched with re.fullmatch) hook nothing on DiT.
     """
     kw = dict(cache_interval=cache_interval, disable_cache_before_step=disable_cache_before_step, max_order=max_order)
     return Peer("taylorseer", lambda p: _ts.TaylorSeerCacheConfig(

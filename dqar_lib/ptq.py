@@ -1,12 +1,12 @@
 """A PTQ4DiT-style W8A8 fake-quantization baseline for a whole DiT, attached by hooks and removed exactly.
 
 Every nn.Linear inside the transformer blocks computes Y = Q_a(X / b) Q_w(W * b)^T + bias, where Q_w is
-per-output-channel INT8 (s = max_j |W'_ij| / 127 per row i) and Q_a per-tensor INT8 with a static scale
+per-output-channel INT8 (s = max_j abs(W'_ij) / 127 per row i) and Q_a per-tensor INT8 with a static scale
 fitted on calibration runs. b (C_in,) is PTQ4DiT's Channel-wise Salience Balancing,
 
     ``b_j = clip(s_X_j ** alpha / s_W_j ** (1 - alpha), *b_clip)``;   alpha = 0.5: ``b_j = sqrt(s_X_j / s_W_j)``,
 
-with s_W_j = max_i |W_ij| and s_X the activation salience pooled over calibration calls by SSC:
+with s_W_j = max_i abs(W_ij) and s_X the activation salience pooled over calibration calls by SSC:
 s_X = sum_t eta_t s_X_t, eta_t = softmax_t(-rho_t), rho_t = spearman(s_X_t, s_W) (adreamwu/PTQ4DiT,
 models.py, `Attention.forward` / `Mlp.forward`). X / b and W * b cancel in full precision, so only rounding
 changes. Without SSC, s_X = max_t s_X_t. The weight is swapped for its fake-quantized copy and the input
@@ -35,7 +35,7 @@ def block_linears(model: nn.Module, scope: str = SCOPE) -> list[tuple[str, nn.Li
 
 def collect_activation_salience(model: nn.Module, run: Callable[[nn.Module], object],
                                 scope: str = SCOPE) -> dict[str, torch.Tensor]:
-    """Run `run(model)` with forward pre-hooks that record s_X_t = max |X[..., j]| at every call of every
+    """Run `run(model)` with forward pre-hooks that record s_X_t = max abs(X[..., j]) at every call of every
     block linear: {name: s_X (T, C_in)}, one row per call (sampling step and run)."""
     rows: dict[str, list[torch.Tensor]] = {}
 

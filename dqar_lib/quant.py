@@ -62,5 +62,5 @@ def dequantize(q: QTensor) -> torch.Tensor:
 
 
 def roundtrip_error(x: torch.Tensor, mode: str) -> float:
-    """max |X - dequantize(quantize(X))|, for tests and the quantization notebook."""
+    """max abs(X - dequantize(quantize(X))), for tests and the quantization notebook."""
     return float((dequantize(quantize(x, mode)).float() - x.float()).abs().max())
