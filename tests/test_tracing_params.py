@@ -58,19 +58,20 @@ def test_record_traces_resumes_after_an_interruption(tmp_path, monkeypatch):
     model = tiny_dit(depth=2).eval()
     runs = [("ddim", 3, 0), ("ddim", 3, 1), ("dpm", 3, 0)]
     part = tmp_path / "traces.partial.json"
-    real, calls = tracing.record_trace, []
+    real, calls, fail = tracing.record_trace, [], True
 
     def flaky(*a, **k):
         calls.append(k["seed"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the run is stopped during its second trace
+        if len(calls) == 2 and fail:
+            raise RuntimeError("stopped")  # the run dies during its second trace
         return real(*a, **k)
 
     monkeypatch.setattr(tracing, "record_trace", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RuntimeError, match="stopped"):
         tracing.record_traces(model, [1, 2], runs, part)
     assert list(json.loads(part.read_text())["runs"]) == ["ddim/3/0"]  # the finished run was kept
     calls.clear()
+    fail = False
     rows = tracing.record_traces(model, [1, 2], runs, part)
     assert len(calls) == 2 and not part.exists()  # only the two missing runs were recorded
     monkeypatch.setattr(tracing, "record_trace", real)
