@@ -32,6 +32,13 @@ class StepView:
     p_reuse: float | None = None
 
 
+def advance_post_warmup(post: int | None, step: int, s: float, warmup: float) -> int | None:
+    """Steps since warmup ended, moved on to `step` at progress s (None while still in warmup; step 0 never ends it)."""
+    if post is None:
+        return 0 if step > 0 and s >= warmup else None
+    return post + 1
+
+
 def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, str]:
     """Whether layer v.layer may reuse at this step, and why: a pure function of the config and host numbers.
 
@@ -152,10 +159,7 @@ class DQARController:
             self.prompt_length = prompt_length() if callable(prompt_length) else prompt_length
         self.t = t
         self.s = progress(t, self.num_train_timesteps) if t is not None else 0.0
-        if self._post_warmup is None and self.step > 0 and self.s >= self.config.warmup:
-            self._post_warmup = 0
-        elif self._post_warmup is not None:
-            self._post_warmup += 1
+        self._post_warmup = advance_post_warmup(self._post_warmup, self.step, self.s, self.config.warmup)
         H = [host_float(h) for h in self.H]
         snr = host_float(self.snr)
         p = self._policy_probs(H, snr) if self.policy is not None else [None] * self.num_layers

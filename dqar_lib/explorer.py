@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 
 from .config import DQARConfig
-from .controller import StepView, decide
+from .controller import StepView, advance_post_warmup, decide
 from .schedule import progress
 
 
@@ -45,10 +45,7 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
     streak, post = [0] * L, None
     for s in range(S):
         sp = progress(by[(s, 0)]["t"], num_train_timesteps)
-        if post is None and s > 0 and sp >= cfg.warmup:
-            post = 0
-        elif post is not None:
-            post += 1
+        post = advance_post_warmup(post, s, sp, cfg.warmup)
         for i in range(L):
             r = by[(s, i)]
             ok = s > 0 and decide(cfg, StepView(s, sp, i, L, r["H_t"], r["SNR_t"], streak[i], post))[0]
@@ -98,44 +95,51 @@ def _figure_png(run_rows, cfg, title: str) -> bytes:
     return buf.getvalue()
 
 
-def explorer_widget(rows: list[dict], base: DQARConfig, taus, snr_los, depths, quant_errors: dict[str, float],
+def grid_config(base: DQARConfig, tau: float, snr_lo: float, depth: float) -> DQARConfig:
+    """`base` with the explorer's three knobs set: tau, snr_lo and the schedule's starting depth."""
+    return base.replace(tau=float(tau), snr_lo=float(snr_lo), schedule_depth_start=float(depth))
+
+
+def grid_summaries(rows: list[dict], base: DQARConfig, taus, snr_los, depths) -> dict[tuple, dict]:
+    """`summarize` at every (tau, snr_lo, depth) point of the grid, keyed by that triple."""
+    return {k: summarize(rows, grid_config(base, *k)) for k in itertools.product(taus, snr_los, depths)}
+
+
+def explorer_widget(rows: list[dict], base: DQARConfig, summaries: dict[tuple, dict], quant_errors: dict[str, float],
                     show_run: tuple | None = None):
     """Sliders for tau, snr_lo and the schedule's starting depth over precomputed reuse maps.
 
-    Each grid point's figure shows the reuse map of one traced run (`show_run`, default the first),
-    titled with the reuse fraction and predicted error per reuse averaged over every run, for each cache
-    mode in `quant_errors` (its mean relative round-trip error). Returns an ipywidgets VBox.
+    `summaries` is `grid_summaries` over the grid the sliders step through. Each grid point's figure shows
+    the reuse map of one traced run (`show_run`, default the first), titled with the reuse fraction and
+    predicted error per reuse averaged over every run, for each cache mode in `quant_errors` (its mean
+    relative round-trip error). Returns an ipywidgets VBox.
     """
     import ipywidgets as w
 
     grouped = runs(rows)
     shown = grouped[show_run] if show_run is not None else next(iter(grouped.values()))
-    modes = list(quant_errors)
+    axes = [sorted({k[d] for k in summaries}) for d in range(3)]  # taus, snr_los, depths
 
-    def leaf(tau, snr_lo, depth):
-        cfg = base.replace(tau=float(tau), snr_lo=float(snr_lo), schedule_depth_start=float(depth))
-        s = summarize(rows, cfg)
-        per_mode = ", ".join(f"{m} {s['error_per_reuse'] + quant_errors[m]:.3f}" for m in modes)
+    def leaf(key):
+        s = summaries[key]
+        per_mode = ", ".join(f"{m} {s['error_per_reuse'] + e:.3f}" for m, e in quant_errors.items())
         title = f"reuse {s['reuse_fraction']:.2f} | error per reuse: {per_mode}"
-        return w.Image(value=_figure_png(shown, cfg, title), format="png")
+        return w.Image(value=_figure_png(shown, grid_config(base, *key), title), format="png")
 
     sliders = [w.SelectionSlider(options=[(f"{v:g}", i) for i, v in enumerate(vals)], value=0, description=name,
                                  continuous_update=True, layout=w.Layout(width="420px"))
-               for name, vals in (("tau", taus), ("snr_lo", snr_los), ("depth₀", depths))]
-    grid = {k: leaf(*k) for k in itertools.product(taus, snr_los, depths)}
-    outer = []
-    for tau in taus:
-        mids = []
-        for snr_lo in snr_los:
-            inner = w.Stack([grid[(tau, snr_lo, d)] for d in depths], selected_index=0)
-            w.jslink((sliders[2], "index"), (inner, "selected_index"))
-            mids.append(inner)
-        mid = w.Stack(mids, selected_index=0)
-        w.jslink((sliders[1], "index"), (mid, "selected_index"))
-        outer.append(mid)
-    top = w.Stack(outer, selected_index=0)
-    w.jslink((sliders[0], "index"), (top, "selected_index"))
-    return w.VBox([w.HBox(sliders[:2]), sliders[2], top])
+               for name, vals in zip(("tau", "snr_lo", "depth₀"), axes)]
+
+    def nest(key: tuple):
+        """A Stack over the next axis's values, its index linked to that axis's slider in the browser."""
+        d = len(key)
+        if d == len(axes):
+            return leaf(key)
+        stack = w.Stack([nest(key + (v,)) for v in axes[d]], selected_index=0)
+        w.jslink((sliders[d], "index"), (stack, "selected_index"))
+        return stack
+
+    return w.VBox([w.HBox(sliders[:2]), sliders[2], nest(())])
 
 
 def calibrate_gates(rows: list[dict], base: DQARConfig, target_reuse: float, snr_quantile: float = 0.3,
@@ -151,7 +155,6 @@ def calibrate_gates(rows: list[dict], base: DQARConfig, target_reuse: float, snr
     for _ in range(iters):
         q = (lo + hi) / 2
         g = gate_thresholds(rows, tau_quantile=q, snr_quantile=snr_quantile, warmup=base.warmup)
-        g["tau"] = min(1.0, g["tau"])
         fr = summarize(rows, base.replace(**g))["reuse_fraction"]
         if fr <= target_reuse:
             lo, best = q, dict(g, reuse_fraction=fr)

@@ -132,3 +132,12 @@ def record_traces(model, class_labels, runs: list[tuple[str, int, int]], partial
     rows = [r for sched, n, seed in runs for r in done[f"{sched}/{n}/{seed}"]]
     partial_path.unlink(missing_ok=True)
     return rows
+
+
+def stored_traces(scheduler: str | None = None) -> list[dict]:
+    """The rows of the committed traces (data/traces/traces.json, written by notebook 03), optionally of one
+    scheduler's runs only."""
+    from .artifacts import DATA, read_result
+
+    rows = read_result(DATA / "traces" / "traces.json")["result"]["rows"]
+    return rows if scheduler is None else [r for r in rows if r["scheduler"] == scheduler]

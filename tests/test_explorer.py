@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dqar_lib import DQARConfig, sample, tiny_dit
-from dqar_lib.explorer import drift_cost, explorer_widget, replay, runs, summarize
+from dqar_lib.explorer import drift_cost, explorer_widget, grid_summaries, replay, runs, summarize
 from dqar_lib.tracing import record_trace, trace_matrix
 
 
@@ -41,8 +41,10 @@ def test_summary_and_widget(model):
     rows = record_trace(model, [1, 2], num_steps=8, seed=0)
     loose, tight = (summarize(rows, DQARConfig.preset("dqar", tau=tau, snr_lo=0.0)) for tau in (1.0, 0.0))
     assert loose["reuse_fraction"] > tight["reuse_fraction"] == 0.0
-    box = explorer_widget(rows, DQARConfig.preset("dqar", snr_lo=0.0), taus=[0.0, 1.0], snr_los=[0.0],
-                          depths=[0.5, 1.0], quant_errors={"fp16": 0.0, "int8_channel": 0.01})
+    base = DQARConfig.preset("dqar", snr_lo=0.0)
+    summaries = grid_summaries(rows, base, taus=[0.0, 1.0], snr_los=[0.0], depths=[0.5, 1.0])
+    assert summaries[(1.0, 0.0, 1.0)] == summarize(rows, base.replace(tau=1.0, schedule_depth_start=1.0))
+    box = explorer_widget(rows, base, summaries, quant_errors={"fp16": 0.0, "int8_channel": 0.01})
     top = box.children[-1]
     assert len(top.children) == 2 and len(top.children[0].children[0].children) == 2
     assert top.children[0].children[0].children[0].value[:4] == b"\x89PNG"
