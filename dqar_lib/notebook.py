@@ -4,12 +4,15 @@ from __future__ import annotations
 
 PROFILES = ("smoke", "full")
 POSITIVE_INTS = ("steps", "num_steps", "batch", "depth", "per_class", "repeats")
+OPEN_FRACTIONS = ("target_reuse", "cheap_quantile")  # numbers strictly inside (0, 1)
+GRID_SIZES = ("n_tau", "n_snr")  # slider grid sizes: integers from 2 to 12
 
 
 def check_parameters(**params) -> None:
     """Validate the usual notebook parameters; a bad value raises a ValueError that names the parameter.
 
-    Known names: profile, steps/num_steps, batch, seed(s), scheduler, tau, guidance_scale.
+    Known names: profile, steps/num_steps, batch, depth, per_class, repeats, seed(s), scheduler, tau, alpha,
+    guidance_scale, target_reuse, cheap_quantile, n_tau, n_snr.
     """
     for name, v in params.items():
         if name == "profile" and v not in PROFILES:
@@ -24,8 +27,12 @@ def check_parameters(**params) -> None:
                              "(with papermill: -y 'seeds: [0, 1]')")
         if name == "scheduler" and v not in ("ddim", "dpm"):
             raise ValueError(f"parameter scheduler={v!r} is invalid: expected 'ddim' or 'dpm'")
-        if name == "tau" and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-            raise ValueError(f"parameter tau={v!r} is invalid: expected a number in [0, 1]")
+        if name in ("tau", "alpha") and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            raise ValueError(f"parameter {name}={v!r} is invalid: expected a number in [0, 1]")
+        if name in OPEN_FRACTIONS and not (isinstance(v, (int, float)) and 0.0 < v < 1.0):
+            raise ValueError(f"parameter {name}={v!r} is invalid: expected a number in (0, 1)")
+        if name in GRID_SIZES and not (isinstance(v, int) and 2 <= v <= 12):
+            raise ValueError(f"parameter {name}={v!r} is invalid: expected an integer from 2 to 12")
         if name == "guidance_scale" and not (isinstance(v, (int, float)) and v >= 1.0):
             raise ValueError(f"parameter guidance_scale={v!r} is invalid: expected a number >= 1")
 

@@ -42,11 +42,17 @@ def test_gate_thresholds_are_quantiles():
     (dict(tau=2), "tau=2 is invalid"),
     (dict(guidance_scale=0.5), "guidance_scale=0.5 is invalid"),
     (dict(per_class=1.5), "per_class=1.5 is invalid"),
+    (dict(alpha=-0.1), "alpha=-0.1 is invalid"),
+    (dict(target_reuse=1.0), "target_reuse=1.0 is invalid"),
+    (dict(cheap_quantile=0), "cheap_quantile=0 is invalid"),
+    (dict(n_tau=1), "n_tau=1 is invalid"),
+    (dict(n_snr=2.5), "n_snr=2.5 is invalid"),
 ])
 def test_notebook_parameters_are_checked(params, message):
     with pytest.raises(ValueError, match=message):
         check_parameters(**params)
-    check_parameters(profile="smoke", steps=3, seed=0, seeds=[0, 1], scheduler="dpm", tau=0.5, guidance_scale=1.0)
+    check_parameters(profile="smoke", steps=3, seed=0, seeds=[0, 1], scheduler="dpm", tau=0.5, guidance_scale=1.0,
+                     alpha=0.0, target_reuse=0.3, cheap_quantile=0.5, n_tau=2, n_snr=12)
 
 
 def test_record_traces_resumes_after_an_interruption(tmp_path, monkeypatch):
