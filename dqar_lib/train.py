@@ -179,11 +179,13 @@ def _train_step(model, ema, opt, x, y, acp, cfg: TrainConfig, step: int, device:
     for g in opt.param_groups:
         g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
     opt.step()
-    decay = min(cfg.ema_decay, (2 + step) / (11 + step))
+    n = step + 1  # optimizer steps taken, this one included
+    decay = min(cfg.ema_decay, (1 + n) / (10 + n))  # DiT's EMA warm-up: short memory at the start
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
             pe.lerp_(pm, 1 - decay)
     return per_sample.mean().item()
+
 
 if __name__ == "__main__":
     import argparse
