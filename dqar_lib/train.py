@@ -31,6 +31,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-4
     warmup_steps: int = 500
+    cooldown_steps: int = 0  # linear lr decay to cooldown_floor * lr over the last cooldown_steps before total_steps
+    cooldown_floor: float = 0.1
     ema_decay: float = 0.9995
     grad_clip: float = 1.0
     total_steps: int = 60_000  # an upper bound; a run stops earlier at max_minutes and resumes later
@@ -45,6 +47,9 @@ class TrainConfig:
         for name in ("patch_size", "width", "depth", "heads", "batch_size", "total_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.cooldown_steps < 0 or not 0.0 <= self.cooldown_floor <= 1.0:
+            raise ValueError(f"TrainConfig.cooldown_steps must be >= 0 and cooldown_floor in [0, 1], got "
+                             f"{self.cooldown_steps} and {self.cooldown_floor}")
         if self.min_snr_gamma < 0:
             raise ValueError(f"TrainConfig.min_snr_gamma must be >= 0 (0: no weighting), got {self.min_snr_gamma}")
         if not 0.0 < self.ema_decay < 1.0:
@@ -62,8 +67,13 @@ def _save_ckpt(path: Path, state: dict) -> None:
         torch.save(state, f)
 
 
-def export(ema: torch.nn.Module, out_dir: Path, cfg: TrainConfig, log: list, step: int, seconds: float) -> None:
-    """Save the EMA weights in diffusers format (fp16 safetensors) with the loss curve and its manifest."""
+def export(ema: torch.nn.Module, out_dir: Path, cfg: TrainConfig, log: list, step: int, seconds: float,
+           history: list | None = None) -> None:
+    """Save the EMA weights in diffusers format (fp16 safetensors) with the loss curve and its manifest.
+
+    ``history`` lists the runs that made the weights (step range, precision, loss weighting, lr schedule), since
+    a resumed run may differ from the one before it and the manifest's params only describe the last.
+    """
     model = copy.deepcopy(ema).to(torch.float16)
     model.save_pretrained(out_dir, safe_serialization=True)
     sched = noise_scheduler()
@@ -72,7 +82,8 @@ def export(ema: torch.nn.Module, out_dir: Path, cfg: TrainConfig, log: list, ste
         {"guidance_scale": cfg.guidance_scale, "num_classes": 10, "null_class": 10, "data": "CIFAR-10 (JPEG)",
          "pixel_space": True}, indent=1))
     write_result(out_dir / "train_log.json",
-                 {"loss": log, "steps": step, "images_seen": step * cfg.batch_size, "train_seconds": seconds},
+                 {"loss": log, "steps": step, "images_seen": step * cfg.batch_size, "train_seconds": seconds,
+                  "history": history or []},
                  params=asdict(cfg))
 
 
@@ -113,13 +124,14 @@ def train_dit(cfg: TrainConfig, out_dir: Path | str, ckpt: Path | str, device: s
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = noise_scheduler()
-    step, seconds, log = 0, 0.0, []
+    step, seconds, log, history = 0, 0.0, [], []
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, seconds, log = state["step"], state["seconds"], state["log"]
+        history = state.get("history", [])
         torch.set_rng_state(state["rng"])
     elif (out_dir / "config.json").is_file():  # no optimizer state: warm-start from the exported EMA weights
         exported = type(model).from_pretrained(out_dir, torch_dtype=torch.float32)
@@ -127,15 +139,19 @@ def train_dit(cfg: TrainConfig, out_dir: Path | str, ckpt: Path | str, device: s
         ema.load_state_dict(exported.state_dict())
         prev = json.loads((out_dir / "train_log.json").read_text())["result"]
         step, seconds, log = prev["steps"], prev["train_seconds"], prev["loss"]
+        history = prev.get("history", [])
     acp = sched.alphas_cumprod.to(device)
+    start = step
     t0 = last_ckpt = time.time()
     run_loss, run_n = 0.0, 0
 
     def save(step: int) -> float:
         elapsed = seconds + time.time() - t0
+        runs = history + [_segment(cfg, start, step, device)]
         _save_ckpt(ckpt, dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
-                              seconds=elapsed, log=log, rng=torch.get_rng_state(), config=asdict(cfg)))
-        export(ema, out_dir, cfg, log, step, elapsed)
+                              seconds=elapsed, log=log, rng=torch.get_rng_state(), config=asdict(cfg),
+                              history=runs))
+        export(ema, out_dir, cfg, log, step, elapsed, runs)
         return elapsed
 
     bar = tqdm(total=cfg.total_steps, initial=step, desc="train DiT", mininterval=10)
@@ -158,6 +174,23 @@ def train_dit(cfg: TrainConfig, out_dir: Path | str, ckpt: Path | str, device: s
             "interrupted": interrupt["stop"]}
 
 
+def _segment(cfg: TrainConfig, start: int, step: int, device: str) -> dict:
+    """One entry of the training history: the steps this run took and how."""
+    return {"steps": [start, step], "device": f"{device}, {torch.get_num_threads()} threads",
+            "precision": "bf16 autocast, fp32 weights" if cfg.bf16 else "fp32",
+            "loss": f"Min-SNR-{cfg.min_snr_gamma:g} weighted epsilon MSE" if cfg.min_snr_gamma else "epsilon MSE",
+            "lr": cfg.lr, "cooldown_steps": cfg.cooldown_steps, "total_steps": cfg.total_steps}
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The lr at a 0-based step: linear warm-up, constant, then a linear cool-down to cooldown_floor * lr."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+    if cfg.cooldown_steps:
+        left = (cfg.total_steps - step) / cfg.cooldown_steps  # 1 where the cool-down starts, 0 at the end
+        lr *= cfg.cooldown_floor + (1 - cfg.cooldown_floor) * min(1.0, max(0.0, left))
+    return lr
+
+
 def _train_step(model, ema, opt, x, y, acp, cfg: TrainConfig, step: int, device: str) -> float:
     """One optimizer step on a random batch, then the EMA update; returns the batch's plain epsilon MSE."""
     idx = torch.randint(0, x.shape[0], (cfg.batch_size,))
@@ -177,7 +210,7 @@ def _train_step(model, ema, opt, x, y, acp, cfg: TrainConfig, step: int, device:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     for g in opt.param_groups:
-        g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        g["lr"] = learning_rate(cfg, step)
     opt.step()
     n = step + 1  # optimizer steps taken, this one included
     decay = min(cfg.ema_decay, (1 + n) / (10 + n))  # DiT's EMA warm-up: short memory at the start
@@ -195,11 +228,13 @@ if __name__ == "__main__":
     p.add_argument("--ckpt", default="runs/cifar10-dit.pt")
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--total-steps", type=int, default=60_000)
+    p.add_argument("--cooldown-steps", type=int, default=0, help="linear lr decay over the last N steps")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster where the CPU/GPU has bf16 units)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = TrainConfig(max_minutes=a.max_minutes, total_steps=a.total_steps, bf16=a.bf16)
+    cfg = TrainConfig(max_minutes=a.max_minutes, total_steps=a.total_steps, bf16=a.bf16,
+                      cooldown_steps=a.cooldown_steps)
     print(train_dit(cfg, a.out, a.ckpt, a.device))

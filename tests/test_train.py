@@ -31,6 +31,30 @@ def test_warm_start_from_exported_weights_without_checkpoint(tmp_path):
     assert res["steps"] == 3
 
 
+def test_history_survives_warm_start_and_resume(tmp_path):
+    out = tmp_path / "model"
+    train_dit(TrainConfig(total_steps=2, **TINY), out, tmp_path / "a.pt")
+    train_dit(TrainConfig(total_steps=3, cooldown_steps=1, **TINY), out, tmp_path / "b.pt")  # warm start
+    hist = json.loads((out / "train_log.json").read_text())["result"]["history"]
+    assert [h["steps"] for h in hist] == [[0, 2], [2, 3]] and hist[1]["cooldown_steps"] == 1
+    train_dit(TrainConfig(total_steps=4, **TINY), out, tmp_path / "b.pt")  # resume from b's checkpoint
+    hist = json.loads((out / "train_log.json").read_text())["result"]["history"]
+    assert [h["steps"] for h in hist] == [[0, 2], [2, 3], [3, 4]]
+
+
+def test_learning_rate_warms_up_then_cools_down():
+    from dqar_lib.train import learning_rate
+
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, total_steps=100, cooldown_steps=50, cooldown_floor=0.1)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)  # warm-up
+    assert learning_rate(cfg, 30) == 1.0  # plateau, before the cool-down
+    assert learning_rate(cfg, 75) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down
+    assert learning_rate(cfg, 99) == pytest.approx(0.1 + 0.9 * 0.02)
+    assert learning_rate(TrainConfig(lr=1.0, warmup_steps=1, total_steps=100), 99) == 1.0  # no cool-down: flat
+    with pytest.raises(ValueError, match="cooldown_floor"):
+        TrainConfig(cooldown_floor=2.0)
+
+
 def test_train_config_validates():
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.5)
