@@ -213,6 +213,8 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
         if _is_runner(m):
             m.prepare(model, labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler)
     blocks = _transformer_blocks(model) if compile else []
+    if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
     for block in blocks:
         block.compile(**(compile_options or {}))
     compiled = [block._compiled_call_impl for block in blocks] if compile else None

@@ -26,9 +26,11 @@ class DQARConfig:
 
     enabled: bool = True
     """Master switch. False: attached but never reuses (the `"off"` preset); outputs are bit-identical."""
-    granularity: str = "attn"
-    """"attn" reuses the self-attention output (skips the whole attention); "kv" reuses K/V only;
-    "block" reuses the residual the whole transformer block added (attention + MLP) at an earlier step."""
+    granularity: str = "block"
+    """"block" reuses the residual the whole transformer block added (attention + MLP) at an earlier step;
+    "attn" reuses the self-attention output (skips the whole attention); "kv" reuses K/V only. Block is the
+    default: attention is only part of a DiT block's FLOPs, so attention reuse saves only that part
+    (notebooks/06_schedule_ablations measures both)."""
     warmup: float = 0.2
     """Fraction of the steps at the start that always recompute (the sample is still forming)."""
     use_entropy_gate: bool = True
@@ -150,15 +152,16 @@ PRESETS: dict[str, dict] = {
     # attached, never reuses: bit-identical to the model without DQAR
     "off": dict(enabled=False, collect_stats=False),
     # reuse whenever a cache entry exists (an upper bound on savings, a lower bound on quality)
-    "always": dict(always_reuse=True, warmup=0.0, cache_mode="fp32", **_NO_GATES),
-    # a fixed DiTFastAttn-style plan: after warmup, every layer reuses on every second step
-    "static": dict(static_period=2, cache_mode="fp16", **_NO_GATES),
+    "always": dict(always_reuse=True, warmup=0.0, cache_mode="fp32", granularity="attn", **_NO_GATES),
+    # a fixed DiTFastAttn-style plan: after warmup, every layer reuses its attention output on every second step
+    "static": dict(static_period=2, cache_mode="fp16", granularity="attn", **_NO_GATES),
     # one gate at a time, for ablations
     "entropy": dict(use_snr_gate=False, use_schedule=False),
     "snr": dict(use_entropy_gate=False, use_schedule=False),
-    # entropy + SNR gates + layer schedule + INT8 cache: the default
+    # entropy + SNR gates + layer schedule + INT8 cache, reusing whole blocks: the default
     "dqar": dict(),
-    # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates
-    "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False),
+    # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
+    # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
+    "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),
 }
 

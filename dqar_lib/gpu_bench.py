@@ -28,8 +28,8 @@ def methods(peers: bool) -> dict:
     gates = dict(tau=1.0, snr_lo=0.0)  # random weights: the gates carry no signal, the schedule decides
     out = {"full": None, "all attention reused (ceiling)": "always",
            "dqar": P("dqar", **gates), "dqar + CFG sharing": P("dqar", cfg_share=True, **gates),
-           "dqar, block": P("dqar", granularity="block", **gates),
-           "dqar, block + CFG sharing": P("dqar", granularity="block", cfg_share=True, **gates),
+           "dqar, attn": P("dqar", granularity="attn", **gates),
+           "dqar, attn + CFG sharing": P("dqar", granularity="attn", cfg_share=True, **gates),
            "static (DiTFastAttn-style)": "static"}
     if peers:
         out.update({f"diffusers {k}": PEERS[k]() for k in ("pab", "fbc")})
@@ -58,6 +58,22 @@ def run(models: list[str], out: Path, batch: int, steps: int, repeats: int, devi
         if device == "cuda":
             torch.cuda.empty_cache()
     return written
+
+
+def load_results(folder: str | Path):
+    """Every benchmark file in `folder` as one DataFrame: a row per (file, method), with the file's model,
+    weights, compiled flag and device from its manifest. Empty (no rows) when the folder holds none."""
+    import pandas as pd
+
+    from .artifacts import read_result
+
+    frames = []
+    for path in sorted(Path(folder).glob("*.json")):
+        res = read_result(path)
+        params, rows = res["manifest"]["params"], res["result"]["rows"]
+        frames.append(pd.DataFrame(rows).assign(file=path.name, model=params["model"], weights=params["weights"],
+                                               device=res["manifest"]["device"], date=res["manifest"]["date"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def main(argv=None) -> None:

@@ -184,6 +184,9 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
     layers = [_Layer(i, m) for i, (_, m) in enumerate(mods)]
     named = dict(transformer.named_modules())
 
+    if compile:  # graphs compiled before DQAR's Q/K hooks existed must not be reused without them
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
+
     def compile_fn(fn):
         return torch.compile(fn, **(compile_options or {})) if compile else fn
 

@@ -141,7 +141,8 @@ def test_int8_cache_is_smaller_than_fp32(dit):
 
 
 def test_cfg_sharing_copies_the_conditional_half(dit):
-    cfg = DQARConfig.preset("dqar", warmup=0.0, cfg_share=True, cfg_share_start=0.0, max_reuse_streak=0)
+    cfg = DQARConfig.preset("dqar", granularity="attn", warmup=0.0, cfg_share=True, cfg_share_start=0.0,
+                            max_reuse_streak=0)
     ctl = apply_dqar(dit, cfg)
     seen = []
     attn0 = self_attention_modules(dit)[0][1]
