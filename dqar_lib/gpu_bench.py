@@ -16,14 +16,16 @@ import torch
 
 from .bench import bench_sampling, write_bench
 from .config import DQARConfig
+from .lowbit import TorchaoPeer
 from .models import REAL_MODELS, load_model, random_real, tiny_dit
 from .peers import PEERS
 
 DIT_MODELS = [m for m in REAL_MODELS if "DiT-XL" in m]
 
 
-def methods(peers: bool) -> dict:
-    """Full compute, the all-attention-reused ceiling, DQAR's variants, the static plan, and diffusers' peers."""
+def methods(peers: bool, lowbit: tuple[str, ...] = ()) -> dict:
+    """Full compute, the all-attention-reused ceiling, DQAR's variants, the static plan, torchao's real low-bit
+    kernels (`lowbit` modes), and diffusers' peers."""
     P = DQARConfig.preset
     gates = dict(tau=1.0, snr_lo=0.0)  # random weights: the gates carry no signal, the schedule decides
     out = {"full": None, "all attention reused (ceiling)": "always",
@@ -31,9 +33,22 @@ def methods(peers: bool) -> dict:
            "dqar, attn": P("dqar", granularity="attn", **gates),
            "dqar, attn + CFG sharing": P("dqar", granularity="attn", cfg_share=True, **gates),
            "static (DiTFastAttn-style)": "static"}
+    out.update({f"torchao {mode}": TorchaoPeer(mode) for mode in lowbit})
     if peers:
         out.update({f"diffusers {k}": PEERS[k]() for k in ("pab", "fbc")})
     return out
+
+
+def usable_lowbit(model, device: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The torchao modes that quantize this model here, and why each other mode cannot (recorded in the JSON)."""
+    ok, skipped = [], {}
+    for mode in ("int8_dynamic", "float8_dynamic") if device == "cuda" else ("int8_dynamic",):
+        try:
+            TorchaoPeer(mode).prepare(model)
+            ok.append(mode)
+        except Exception as e:  # a kernel this GPU or dtype lacks must not cost the rest of the run
+            skipped[mode] = f"{type(e).__name__}: {e}"
+    return tuple(ok), skipped
 
 
 def run(models: list[str], out: Path, batch: int, steps: int, repeats: int, device: str, hub: bool) -> list[Path]:
@@ -46,14 +61,15 @@ def run(models: list[str], out: Path, batch: int, steps: int, repeats: int, devi
         else:
             model, weights = random_real(name, torch.float16).to(device), "random (hub not reachable)"
         labels = [i % 1000 % model.config.num_embeds_ada_norm for i in range(batch)]
+        lowbit, skipped = usable_lowbit(model, device)
         for compiled in (False, True):
-            rows = bench_sampling(model, labels, methods(peers=not compiled), num_steps=steps, guidance_scale=1.5,
+            rows = bench_sampling(model, labels, methods(not compiled, lowbit), num_steps=steps, guidance_scale=1.5,
                                   repeats=repeats, compile=compiled, compile_options={} if device == "cuda"
                                   else {"backend": "eager"})
             tag = f"{name.split('/')[-1]}-{'compiled' if compiled else 'eager'}"
             written.append(write_bench(out / f"{tag}.json", rows, dict(
                 model=name, weights=weights, batch=batch, steps=steps, repeats=repeats, guidance_scale=1.5,
-                compiled=compiled, dtype=str(next(model.parameters()).dtype))))
+                compiled=compiled, dtype=str(next(model.parameters()).dtype), lowbit_skipped=skipped)))
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
