@@ -3,11 +3,25 @@
     from dqar_lib import DQARConfig, apply_dqar, remove_dqar, sample, load_model
 """
 
-from .config import PRESETS, DQARConfig
-from .controller import DQARController
-from .hooks import apply_dqar, get_controller, remove_dqar
-from .models import load_model, tiny_dit, tiny_pixart
-from .sampling import SampleResult, sample
+import logging as _logging
+
+# diffusers imports torchao when it is installed; torchao then reports, at warning level, the compiled kernels
+# this torch build cannot load (it falls back to its Python paths) and torch deprecation notes. Quiet them
+# while the library imports, so they do not fill every notebook's first output; the levels are restored after.
+_NOISY = [_logging.getLogger(n) for n in ("torchao", "torch.utils._pytree",
+                                         "diffusers.quantizers.torchao.torchao_quantizer")]
+_levels = [lg.level for lg in _NOISY]
+for _lg in _NOISY:
+    _lg.setLevel(_logging.ERROR)
+try:
+    from .config import PRESETS, DQARConfig
+    from .controller import DQARController
+    from .hooks import apply_dqar, get_controller, remove_dqar
+    from .models import load_model, tiny_dit, tiny_pixart
+    from .sampling import SampleResult, sample
+finally:
+    for _lg, _lv in zip(_NOISY, _levels):
+        _lg.setLevel(_lv)
 
 __all__ = ["DQARConfig", "PRESETS", "DQARController", "apply_dqar", "remove_dqar", "get_controller", "sample",
            "SampleResult", "load_model", "tiny_dit", "tiny_pixart"]
