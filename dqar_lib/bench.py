@@ -22,7 +22,7 @@ from .artifacts import write_result
 from .config import DQARConfig
 from .flops import attention_ceiling, dqar_flops, forward_flops
 from .metrics import psnr, ssim
-from .sampling import SCHEDULERS, default_guidance, sample
+from .sampling import SCHEDULERS, conditioning, default_guidance, sample
 
 
 def _device(device) -> torch.device:
@@ -161,12 +161,12 @@ def _transformer_blocks(model) -> list[torch.nn.Module]:
     return list(blocks)
 
 
-def _run_flops(model, batch: int, cfg, stats: dict) -> float:
+def _run_flops(model, batch: int, cfg, stats: dict, text_tokens: int | None = None) -> float:
     """Analytic FLOPs of one forward as it ran: per-layer reuse fractions and CFG sharing from the controller."""
     if cfg is None or not stats:
-        return float(forward_flops(model, batch)["total"])
+        return float(forward_flops(model, batch, text_tokens)["total"])
     if _is_runner(cfg):  # peers: skipped attention and skipped feed-forward calls, counted
-        parts, L = forward_flops(model, batch), model.config.num_layers
+        parts, L = forward_flops(model, batch, text_tokens), model.config.num_layers
         steps = stats["per_layer_reuse"][0] + stats["per_layer_compute"][0]
         attn = (parts["attn_qkv"] + parts["attn_out"] + parts["attn_core"]) / L
         saved = sum(stats["per_layer_reuse"]) * attn + sum(stats["ff_skipped"]) * parts["mlp"] / L
@@ -175,12 +175,13 @@ def _run_flops(model, batch: int, cfg, stats: dict) -> float:
     calls = [r + c for r, c in zip(reused, computed)]
     frac = [r / n if n else 0.0 for r, n in zip(reused, calls)]
     shared = stats.get("cfg_shared", 0) / sum(calls) if sum(calls) else 0.0
-    return float(dqar_flops(model, batch, frac, cfg.granularity, cfg_shared=shared))
+    return float(dqar_flops(model, batch, frac, cfg.granularity, text_tokens, cfg_shared=shared))
 
 
 def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int = 20, scheduler: str = "ddim",
                    guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, warmup: int = 1,
-                   compile: bool = False, compile_options: dict | None = None, progress: bool = True) -> list[dict]:
+                   compile: bool = False, compile_options: dict | None = None, progress: bool = True,
+                   prompt_embeds: torch.Tensor | None = None) -> list[dict]:
     """Time `dqar_lib.sample` for each named method: a DQARConfig, a preset name, None for full compute, or a
     peer (dqar_lib.peers.PEERS[...](), dqar_lib.ptq.W8A8Peer()), prepared once and applied per run.
 
@@ -188,6 +189,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     method: times (whole sampling call; median, spread, per image, per step), speedup against the first
     method (normally None = full compute), reuse fraction, analytic FLOPs per image (all steps) and their
     ratio, the attention ceiling, and PSNR/SSIM of its images against the first method's (None without images).
+    A PixArt-style model takes `prompt_embeds` (N, T, caption_channels) instead of labels (pass labels=None).
     `compile=True`: full compute and peers run with each transformer block compiled
     (`block.compile(**compile_options)`), DQAR with its compute paths compiled on their own
     (`apply_dqar(compile=True)`); undone afterwards.
@@ -204,14 +206,17 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
            if v is not None and not isinstance(v, DQARConfig) and not _is_runner(v)}
     if bad:
         raise ValueError(f"configs values must be a DQARConfig, a preset name, a peer or None; got {bad}")
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
+    n, _ = conditioning(model, labels, prompt_embeds, cfg=False)  # checks the conditioning before any run
+    text_tokens = None if prompt_embeds is None else prompt_embeds.shape[1]
     dev = next(model.parameters()).device
     kwargs = dict(class_labels=labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler,
                   progress=False)
+    if prompt_embeds is not None:
+        kwargs["prompt_embeds"] = prompt_embeds
     for m in methods.values():
         if _is_runner(m):
-            m.prepare(model, labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler)
+            m.prepare(model, labels, **{k: v for k, v in kwargs.items() if k not in ("class_labels", "progress")})
     blocks = _transformer_blocks(model) if compile else []
     if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
         torch._dynamo.config.skip_nnmodule_hook_guards = False
@@ -239,21 +244,20 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     finally:
         for block in blocks:
             block._compiled_call_impl = None  # undo nn.Module.compile()
-    return _rows(model, labels, methods, times, results, peak, num_steps, guidance, compile)
+    return _rows(model, n, methods, times, results, peak, num_steps, guidance, compile, text_tokens)
 
 
-def _rows(model, labels, methods, times, results, peak, num_steps, guidance, compiled) -> list[dict]:
-    n = labels.numel()
+def _rows(model, n, methods, times, results, peak, num_steps, guidance, compiled, text_tokens=None) -> list[dict]:
     batch = n * (2 if guidance > 1.0 else 1)
     base_name = next(iter(methods))
     base = results[base_name]
     base_ms = statistics.median(times[base_name])
     base_flops = None
-    ceiling = attention_ceiling(model, batch)
+    ceiling = attention_ceiling(model, batch, text_tokens)
     rows = []
     for name, cfg in methods.items():
         res, s = results[name], _summary(times[name])
-        flops = num_steps * _run_flops(model, batch, cfg, res.stats) / n
+        flops = num_steps * _run_flops(model, batch, cfg, res.stats, text_tokens) / n
         base_flops = flops if base_flops is None else base_flops
         same = res.images is not None and base.images is not None
         rows.append(dict(

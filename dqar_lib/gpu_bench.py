@@ -1,9 +1,10 @@
-"""The GPU benchmark (notebooks/07_gpu_benchmarks, full profile): real DiT architectures, eager and compiled.
+"""The GPU benchmark (notebooks/07_gpu_benchmarks, full profile): DiT-XL/2 and PixArt-Σ, eager and compiled.
 
     python -m dqar_lib.gpu_bench --out DIR [--models facebook/DiT-XL-2-256 ...] [--batch 16] [--steps 50]
 
 Weights are random unless the hub is reachable (`--hub`): speed then reflects the decision plan and the
 architecture, not the weights, and quality is the latent's relative L2 change against full compute.
+PixArt-Σ is conditioned on random caption embeddings (T5's width, 300 tokens): no text encoder runs.
 Each model gets two runs in this process, eager and compiled, each against its own full-compute baseline.
 """
 
@@ -17,10 +18,29 @@ import torch
 from .bench import bench_sampling, write_bench
 from .config import DQARConfig
 from .lowbit import TorchaoPeer
-from .models import REAL_MODELS, load_model, random_real, tiny_dit
+from .models import REAL_MODELS, load_model, random_real, tiny_dit, tiny_pixart
 from .peers import PEERS
+from .sampling import is_text_conditioned
 
 DIT_MODELS = [m for m in REAL_MODELS if "DiT-XL" in m]
+BENCH_MODELS = DIT_MODELS + [m for m in REAL_MODELS if "PixArt-Sigma" in m]
+TINY = {"tiny": tiny_dit, "tiny-pixart": tiny_pixart}  # random test models: the harness on a CPU
+CAPTION_TOKENS = 300  # PixArt-Σ's caption length
+DEFAULT_BATCH = {"PixArt": 4}  # images per call where 16 would not fit a 10-minute GPU command; others 16
+
+
+def default_batch(name: str) -> int:
+    return next((b for key, b in DEFAULT_BATCH.items() if key in name), 16)
+
+
+def conditions(model, batch: int, device: str) -> dict:
+    """bench_sampling's conditioning: class labels for DiT, seeded random caption embeddings for PixArt."""
+    if not is_text_conditioned(model):
+        return dict(labels=[i % 1000 % model.config.num_embeds_ada_norm for i in range(batch)])
+    T = CAPTION_TOKENS if model.config.caption_channels == 4096 else 5  # tiny-pixart: 5 tokens
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(batch, T, model.config.caption_channels, generator=g)  # (N, T, C_cap)
+    return dict(labels=None, prompt_embeds=emb.to(device, next(model.parameters()).dtype))
 
 
 def methods(peers: bool, lowbit: tuple[str, ...] = ()) -> dict:
@@ -51,24 +71,28 @@ def usable_lowbit(model, device: str) -> tuple[tuple[str, ...], dict[str, str]]:
     return tuple(ok), skipped
 
 
-def run(models: list[str], out: Path, batch: int, steps: int, repeats: int, device: str, hub: bool) -> list[Path]:
+def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: int, device: str,
+        hub: bool) -> list[Path]:
+    """Benchmark each model, eager then compiled, writing one JSON per run; `batch` None: per-model default."""
     written = []
     for name in models:
-        if name == "tiny":
-            model, weights = tiny_dit().to(device), "random (tiny test model)"
+        if name in TINY:
+            model, weights = TINY[name]().to(device), "random (tiny test model)"
         elif hub:
             model, weights = load_model(name, dtype=torch.float16).to(device), "hub"
         else:
             model, weights = random_real(name, torch.float16).to(device), "random (hub not reachable)"
-        labels = [i % 1000 % model.config.num_embeds_ada_norm for i in range(batch)]
+        n = batch or default_batch(name)
+        cond = conditions(model, n, device)
         lowbit, skipped = usable_lowbit(model, device)
         for compiled in (False, True):
-            rows = bench_sampling(model, labels, methods(not compiled, lowbit), num_steps=steps, guidance_scale=1.5,
-                                  repeats=repeats, compile=compiled, compile_options={} if device == "cuda"
-                                  else {"backend": "eager"})
+            rows = bench_sampling(model, cond["labels"], methods(not compiled, lowbit), num_steps=steps,
+                                  guidance_scale=1.5, repeats=repeats, compile=compiled,
+                                  compile_options={} if device == "cuda" else {"backend": "eager"},
+                                  prompt_embeds=cond.get("prompt_embeds"))
             tag = f"{name.split('/')[-1]}-{'compiled' if compiled else 'eager'}"
             written.append(write_bench(out / f"{tag}.json", rows, dict(
-                model=name, weights=weights, batch=batch, steps=steps, repeats=repeats, guidance_scale=1.5,
+                model=name, weights=weights, batch=n, steps=steps, repeats=repeats, guidance_scale=1.5,
                 compiled=compiled, dtype=str(next(model.parameters()).dtype), lowbit_skipped=skipped)))
         del model
         if device == "cuda":
@@ -95,16 +119,16 @@ def load_results(folder: str | Path):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--models", nargs="+", default=DIT_MODELS, help=f"any of {DIT_MODELS} or 'tiny'")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--models", nargs="+", default=BENCH_MODELS, help=f"any of {BENCH_MODELS} or {list(TINY)}")
+    p.add_argument("--batch", type=int, default=None, help=f"images per call (default 16; {DEFAULT_BATCH})")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--hub", action="store_true", help="load real weights from the hub (Colab)")
     a = p.parse_args(argv)
-    bad = [m for m in a.models if m != "tiny" and m not in DIT_MODELS]
+    bad = [m for m in a.models if m not in TINY and m not in BENCH_MODELS]
     if bad:
-        p.error(f"unknown models {bad}; known: {DIT_MODELS + ['tiny']}")
+        p.error(f"unknown models {bad}; known: {BENCH_MODELS + list(TINY)}")
     for path in run(a.models, a.out, a.batch, a.steps, a.repeats, a.device, a.hub):
         print(path)
 

@@ -1,4 +1,8 @@
-"""Class-conditional sampling with DDIM or DPM-Solver, CFG in one batch, DQAR optionally attached."""
+"""Sampling with DDIM or DPM-Solver, CFG in one batch, DQAR optionally attached.
+
+DiT-style models are class-conditional (`class_labels`); PixArt-style models take text embeddings
+(`prompt_embeds`, e.g. T5 features computed elsewhere; random ones time the architecture).
+"""
 
 from __future__ import annotations
 
@@ -41,29 +45,69 @@ def default_guidance(model: torch.nn.Module) -> float:
     return float(getattr(model, "dqar_meta", {}).get("guidance_scale", 1.5))
 
 
-def _check(model, labels: torch.Tensor, num_steps, guidance_scale, scheduler) -> int:
+def _check(num_steps, guidance_scale, scheduler) -> None:
     if not isinstance(num_steps, int) or num_steps <= 0:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     if guidance_scale < 1.0:
         raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {guidance_scale}")
+
+
+def is_text_conditioned(model: torch.nn.Module) -> bool:
+    """PixArt-style (cross-attention on caption embeddings) rather than DiT-style (class labels)."""
+    return getattr(model.config, "caption_channels", None) is not None
+
+
+def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, negative_embeds=None,
+                 cfg: bool = False) -> tuple[int, dict]:
+    """The number of images and the model's conditioning kwargs for one (CFG-doubled, conditional first) batch.
+
+    DiT: `class_labels` (N,) ints in [0, num_classes); the null class is the unconditional half.
+    PixArt: `prompt_embeds` (N, T, caption_channels); `negative_embeds` (1 or N, T, caption_channels) is the
+    unconditional half, zeros when None (a pipeline would pass the embedding of the empty prompt).
+    """
+    if is_text_conditioned(model):
+        if class_labels is not None:
+            raise ValueError(f"{type(model).__name__} is text-conditioned: pass prompt_embeds, not class_labels")
+        C = model.config.caption_channels
+        is_tensor = isinstance(prompt_embeds, torch.Tensor)
+        if not is_tensor or prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != C:
+            got = tuple(prompt_embeds.shape) if is_tensor else type(prompt_embeds).__name__
+            raise ValueError(f"prompt_embeds must be a (N, T, {C}) tensor for {type(model).__name__}, got {got}")
+        n = prompt_embeds.shape[0]
+        emb = prompt_embeds
+        if cfg:
+            neg = torch.zeros_like(prompt_embeds[:1]) if negative_embeds is None else negative_embeds
+            if neg.shape[1:] != prompt_embeds.shape[1:] or neg.shape[0] not in (1, n):
+                raise ValueError(f"negative_embeds must be (1 or {n}, {prompt_embeds.shape[1]}, {C}), "
+                                 f"got {tuple(neg.shape)}")
+            emb = torch.cat([prompt_embeds, neg.expand_as(prompt_embeds)])
+        return n, dict(encoder_hidden_states=emb, added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    if prompt_embeds is not None:
+        raise ValueError(f"{type(model).__name__} is class-conditional: pass class_labels, not prompt_embeds")
     num_classes = getattr(model.config, "num_embeds_ada_norm", None)
     if num_classes is None:
-        raise ValueError(f"{type(model).__name__} is not class-conditional; sample() needs a DiT-style model")
+        raise ValueError(f"{type(model).__name__} is neither class- nor text-conditioned; sample() needs a DiT- or "
+                         "PixArt-style model")
+    labels = torch.as_tensor([] if class_labels is None else class_labels, dtype=torch.long).reshape(-1)
     if labels.ndim != 1 or labels.numel() == 0:
         raise ValueError(f"class_labels must be a non-empty 1-d list of ints, got shape {tuple(labels.shape)}")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.numel():
         raise ValueError(f"class_labels out of range [0, {num_classes}): {bad.tolist()}")
-    return num_classes
+    return labels.numel(), dict(class_labels=torch.cat([labels, torch.full_like(labels, num_classes)]) if cfg
+                                else labels)
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_scale: float | None = None,
+def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guidance_scale: float | None = None,
            seed: int = 0, scheduler: str = "ddim", dqar: DQARConfig | str | None = None, progress: bool = True,
-           vae=None, step_callback=None, compile: bool = False, compile_options: dict | None = None) -> SampleResult:
-    """Sample one image per label. `dqar` (a DQARConfig or preset name) is attached for this call only.
+           vae=None, step_callback=None, compile: bool = False, compile_options: dict | None = None,
+           prompt_embeds: torch.Tensor | None = None, negative_embeds: torch.Tensor | None = None) -> SampleResult:
+    """Sample one image per label (DiT) or per prompt embedding (PixArt; see `conditioning`).
+
+    `dqar` (a DQARConfig or preset name) is attached for this call only.
 
     Noise comes from a CPU generator seeded with `seed`, so a seed gives the same start on any device.
     With guidance_scale > 1 the conditional and unconditional halves run in one batch (conditional first).
@@ -71,17 +115,18 @@ def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_s
     `compile` / `compile_options` go to `apply_dqar` (regional compile of DQAR's compute paths).
     """
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
     guidance_scale = default_guidance(model) if guidance_scale is None else float(guidance_scale)
-    null = _check(model, labels, num_steps, guidance_scale, scheduler)
+    _check(num_steps, guidance_scale, scheduler)
+    cfg = guidance_scale > 1.0
+    n, cond = conditioning(model, class_labels, prompt_embeds, negative_embeds, cfg)
+    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    if "encoder_hidden_states" in cond:
+        cond["encoder_hidden_states"] = cond["encoder_hidden_states"].to(dtype)
     sched = make_scheduler(scheduler, pixel_space=model.config.in_channels == 3)
     sched.set_timesteps(num_steps)
     c, size = model.config.in_channels, model.config.sample_size
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((labels.numel(), c, size, size), generator=g).to(device, dtype) * sched.init_noise_sigma
-    cfg = guidance_scale > 1.0
-    y = torch.cat([labels, torch.full_like(labels, null)]) if cfg else labels
-    y = y.to(device)
+    x = torch.randn((n, c, size, size), generator=g).to(device, dtype) * sched.init_noise_sigma
     attached = dqar is not None
     ctl = apply_dqar(model, dqar, scheduler=sched, compile=compile, compile_options=compile_options) if attached \
         else get_controller(model)
@@ -94,7 +139,7 @@ def sample(model: torch.nn.Module, class_labels, num_steps: int = 50, guidance_s
             if step_callback is not None:
                 step_callback(i, t)
             x_in = torch.cat([x, x]) if cfg else x
-            out = model(x_in, timestep=t.expand(x_in.shape[0]).to(device), class_labels=y).sample
+            out = model(x_in, timestep=t.expand(x_in.shape[0]).to(device), **cond).sample
             eps = out[:, :c]
             if cfg:
                 e_c, e_u = eps.chunk(2)

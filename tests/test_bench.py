@@ -206,3 +206,18 @@ def test_gpu_bench_cli_runs_on_cpu(tmp_path):
     assert eager["result"]["rows"][1]["latent_rel_l2"] > 0 == eager["result"]["rows"][0]["latent_rel_l2"]
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--models", "DiT-XXL"])
+
+
+def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
+    from dqar_lib.artifacts import read_result
+    from dqar_lib.gpu_bench import default_batch, main
+
+    assert default_batch("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") < default_batch("facebook/DiT-XL-2-256") == 16
+    main(["--out", str(tmp_path), "--models", "tiny-pixart", "--batch", "2", "--steps", "3", "--repeats", "1",
+          "--device", "cpu"])
+    res = read_result(tmp_path / "tiny-pixart-eager.json")
+    rows = {r["method"]: r for r in res["result"]["rows"]}
+    assert rows["full"]["psnr"] is None and rows["full"]["latent_rel_l2"] == 0  # latents only: no VAE
+    assert rows["dqar"]["reuse_fraction"] > 0 and rows["dqar"]["latent_rel_l2"] > 0
+    assert rows["dqar"]["flops_ratio"] > 1 and rows["full"]["attention_ceiling"] > 1  # FLOPs count the captions
+    assert (tmp_path / "tiny-pixart-compiled.json").is_file()

@@ -42,3 +42,39 @@ def test_bad_arguments_name_themselves(dit, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         sample(dit, args.pop("class_labels"), **args)
+
+
+def _embeds(n, T=5, C=16, seed=2):
+    return torch.randn(n, T, C, generator=torch.Generator().manual_seed(seed))  # (N, T, C_cap)
+
+
+def test_pixart_samples_from_caption_embeddings(pixart):
+    emb = _embeds(2)
+    ref = sample(pixart, prompt_embeds=emb, num_steps=5, guidance_scale=2.0, progress=False)
+    off = sample(pixart, prompt_embeds=emb, num_steps=5, guidance_scale=2.0, dqar="off", progress=False)
+    reused = sample(pixart, prompt_embeds=emb, num_steps=5, guidance_scale=2.0, dqar="always", progress=False)
+    assert ref.images is None and ref.latents.shape == (2, 4, 8, 8)  # a latent model without a VAE
+    assert torch.equal(ref.latents, off.latents)
+    assert reused.stats["reuse_fraction"] > 0 and not torch.equal(ref.latents, reused.latents)
+    other = sample(pixart, prompt_embeds=_embeds(2, seed=3), num_steps=5, guidance_scale=2.0, progress=False)
+    assert not torch.equal(ref.latents, other.latents)  # the captions condition the sample
+    neg = sample(pixart, prompt_embeds=emb, negative_embeds=_embeds(1, seed=4), num_steps=5, guidance_scale=2.0,
+                 progress=False)
+    assert not torch.equal(ref.latents, neg.latents)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(class_labels=[0]), "text-conditioned: pass prompt_embeds, not class_labels"),
+    (dict(prompt_embeds=torch.zeros(2, 5, 7)), r"prompt_embeds must be a \(N, T, 16\) tensor .* got \(2, 5, 7\)"),
+    (dict(prompt_embeds=None), "prompt_embeds must be a .* got NoneType"),
+    (dict(prompt_embeds=_embeds(2), negative_embeds=torch.zeros(2, 4, 16)),
+     r"negative_embeds must be \(1 or 2, 5, 16\)"),
+])
+def test_pixart_bad_conditioning_names_itself(pixart, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample(pixart, num_steps=2, guidance_scale=2.0, progress=False, **kwargs)
+
+
+def test_dit_refuses_caption_embeddings(dit):
+    with pytest.raises(ValueError, match="class-conditional: pass class_labels, not prompt_embeds"):
+        sample(dit, [0], prompt_embeds=_embeds(1), num_steps=2, progress=False)
