@@ -50,6 +50,20 @@ def bars(ax, values: dict[str, float], ylabel: str, fmt: str = "{:.0f}") -> None
     ax.set(ylabel=ylabel)
 
 
+def loss_curve(ax, loss, history: list[dict] | None = None) -> None:
+    """A training loss curve, (k, 2) rows of (step, loss), log scale; the runs of `history` (each a dict with
+    `steps` = [start, end] and a `loss` / `precision` / `cooldown_steps` description) shaded in turn."""
+    loss = np.asarray(loss, dtype=float)  # (k, 2)
+    ax.plot(loss[:, 0], loss[:, 1], lw=1.2)
+    for i, run in enumerate(history or []):
+        start, end = run["steps"]
+        ax.axvspan(start, end, color="0.92" if i % 2 else "white", zorder=0)
+        label = f"run {i + 1}" + (f", lr cool-down {run['cooldown_steps']}" if run.get("cooldown_steps") else "")
+        ax.text((start + end) / 2, 0.97, label, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                fontsize=7)
+    ax.set(xlabel="training step", ylabel="epsilon MSE", yscale="log", title="DiT training loss")
+
+
 def image_grid(ax, images, nrow: int, title: str | None = None) -> None:
     """A grid of (N, 3, H, W) images in [0, 1], `nrow` per row."""
     x = np.asarray(images.detach().cpu().float()) if hasattr(images, "detach") else np.asarray(images)

@@ -84,3 +84,20 @@ def test_min_snr_weight():
     assert torch.equal(_loss_weight(acp, 0.0), torch.ones(3))
     with pytest.raises(ValueError, match="min_snr_gamma"):
         TrainConfig(min_snr_gamma=-1.0)
+
+
+def test_loss_curve_shades_each_run():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dqar_lib import plots
+
+    fig, ax = plt.subplots()
+    history = [{"steps": [0, 300]}, {"steps": [300, 500], "cooldown_steps": 200}]
+    plots.loss_curve(ax, [[100, 0.5], [200, 0.2], [400, 0.1]], history)
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["run 1", "run 2, lr cool-down 200"] and len(ax.patches) == 2
+    assert ax.get_yscale() == "log" and list(ax.lines[0].get_xdata()) == [100, 200, 400]
+    plt.close(fig)
