@@ -278,3 +278,14 @@ def write_bench(path: str | Path, rows: list[dict], params: dict | None = None) 
     if not rows:
         raise ValueError(f"rows must hold at least one benchmark row, got {rows!r}")
     return write_result(path, {"rows": rows}, params)
+
+
+def dominating(df, method: str = "dqar", exclude: tuple[str, ...] = ("full",)) -> list[str]:
+    """The methods of a benchmark table (a DataFrame indexed by method, with `speedup` and `psnr` columns) that
+    are at least as fast and as close to full compute as `method`, and strictly better in one of the two."""
+    if method not in df.index:
+        raise ValueError(f"method {method!r} is not in the table; it has {list(df.index)}")
+    d = df.loc[method]
+    others = df.drop(index=[method, *[m for m in exclude if m in df.index]])
+    return [m for m, r in others.iterrows()
+            if r.speedup >= d.speedup and r.psnr >= d.psnr and (r.speedup > d.speedup or r.psnr > d.psnr)]

@@ -221,3 +221,15 @@ def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
     assert rows["dqar"]["reuse_fraction"] > 0 and rows["dqar"]["latent_rel_l2"] > 0
     assert rows["dqar"]["flops_ratio"] > 1 and rows["full"]["attention_ceiling"] > 1  # FLOPs count the captions
     assert (tmp_path / "tiny-pixart-compiled.json").is_file()
+
+
+def test_dominating_lists_strictly_better_points():
+    import pandas as pd
+
+    from dqar_lib.bench import dominating
+
+    df = pd.DataFrame({"speedup": [1.0, 1.2, 1.3, 1.2, 1.5, 1.2], "psnr": [float("inf"), 33.0, 34.0, 33.0, 20.0, 33.5]},
+                      index=["full", "dqar", "better", "tie", "faster only", "closer only"])
+    assert dominating(df) == ["better", "closer only"]
+    with pytest.raises(ValueError, match="method 'policy' is not in the table"):
+        dominating(df, "policy")
