@@ -37,9 +37,8 @@ def conditions(model, batch: int, device: str) -> dict:
     """bench_sampling's conditioning: class labels for DiT, seeded random caption embeddings for PixArt."""
     if not is_text_conditioned(model):
         return dict(labels=[i % 1000 % model.config.num_embeds_ada_norm for i in range(batch)])
-    T = CAPTION_TOKENS if model.config.caption_channels == 4096 else 5  # tiny-pixart: 5 tokens
     g = torch.Generator().manual_seed(0)
-    emb = torch.randn(batch, T, model.config.caption_channels, generator=g)  # (N, T, C_cap)
+    emb = torch.randn(batch, CAPTION_TOKENS, model.config.caption_channels, generator=g)  # (N, T, C_cap)
     return dict(labels=None, prompt_embeds=emb.to(device, next(model.parameters()).dtype))
 
 

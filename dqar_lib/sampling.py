@@ -119,9 +119,8 @@ def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guida
     _check(num_steps, guidance_scale, scheduler)
     cfg = guidance_scale > 1.0
     n, cond = conditioning(model, class_labels, prompt_embeds, negative_embeds, cfg)
-    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-    if "encoder_hidden_states" in cond:
-        cond["encoder_hidden_states"] = cond["encoder_hidden_states"].to(dtype)
+    cond = {k: v.to(device, dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
+            for k, v in cond.items()}  # labels stay integers, caption embeddings take the model's dtype
     sched = make_scheduler(scheduler, pixel_space=model.config.in_channels == 3)
     sched.set_timesteps(num_steps)
     c, size = model.config.in_channels, model.config.sample_size
