@@ -131,6 +131,27 @@ def class_accuracy(images: torch.Tensor, labels, classifier: nn.Module | None = 
     return (pred == labels).float().mean().item()
 
 
+def class_major(n_classes: int, per_class: int) -> list[int]:
+    """Labels 0 .. n_classes - 1, each repeated per_class times in a row (the order of the sample grids)."""
+    if not 1 <= n_classes <= 10 or per_class < 1:
+        raise ValueError(f"need 1 <= n_classes <= 10 and per_class >= 1, got n_classes={n_classes}, "
+                         f"per_class={per_class}")
+    return [c for c in range(n_classes) for _ in range(per_class)]
+
+
+def sample_accuracy(model: nn.Module, n_classes: int = 10, per_class: int = 8, seed: int = 0, num_steps: int = 50,
+                    guidance_scale: float | None = None, classifier: nn.Module | None = None) -> float:
+    """Class accuracy of per_class samples of each of the first n_classes classes, drawn with one seed.
+
+    With the defaults (DDIM-50, the guidance recorded with the model, seed 0) this is the embedded model's bar.
+    """
+    from .sampling import sample  # sampling needs the hooks; keep this module importable on its own
+
+    labels = class_major(n_classes, per_class)
+    res = sample(model, labels, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=False)
+    return class_accuracy(res.images, labels, classifier)
+
+
 if __name__ == "__main__":
     import argparse
 

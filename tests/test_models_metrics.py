@@ -4,9 +4,9 @@ import time
 import pytest
 import torch
 
-from dqar_lib import load_model
+from dqar_lib import load_model, sample
 from dqar_lib.artifacts import atomic_write, read_result, write_result
-from dqar_lib.classifier import CifarResNet, class_accuracy, load_classifier
+from dqar_lib.classifier import CifarResNet, class_accuracy, class_major, load_classifier, sample_accuracy
 from dqar_lib.metrics import proxy_fid, psnr, ssim
 from dqar_lib.models import cifar_dit, tiny_dit
 
@@ -74,6 +74,19 @@ def test_class_accuracy_counts_matches():
     with pytest.raises(ValueError, match="do not match"):
         class_accuracy(imgs, pred[:3], clf)
 
+
+def test_sample_accuracy_scores_class_major_samples_of_one_seed():
+    torch.manual_seed(0)
+    model, clf = tiny_dit(sample_size=32), CifarResNet(8).eval()
+    assert class_major(3, 2) == [0, 0, 1, 1, 2, 2]
+    res = sample(model, [0, 0, 1, 1, 2, 2], num_steps=3, guidance_scale=2.0, seed=5, progress=False)
+    pred = clf(res.images * 2 - 1).argmax(1)
+    want = (pred == torch.tensor([0, 0, 1, 1, 2, 2])).float().mean().item()
+    assert sample_accuracy(model, 3, 2, seed=5, num_steps=3, guidance_scale=2.0, classifier=clf) == want
+    with pytest.raises(ValueError, match="n_classes=11"):
+        class_major(11, 8)
+    with pytest.raises(ValueError, match="per_class=0"):
+        sample_accuracy(model, 4, 0, classifier=clf)
 
 def test_psnr_ssim():
     g = torch.Generator().manual_seed(0)
