@@ -1,7 +1,9 @@
 """Papermill smoke run of every notebook, and a bad parameter that must stop a notebook early."""
 
+import json
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 
@@ -10,6 +12,14 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_valid_with_unique_cell_ids(nb):
+    raw = json.loads(nb.read_text())  # nbformat.read would fill in missing ids
+    ids = [c.get("id") for c in raw["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{nb.name}: cell ids missing or repeated: {ids}"
+    nbformat.validate(nbformat.from_dict(raw))
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
