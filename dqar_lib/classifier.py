@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .artifacts import DATA, atomic_write, load_tagged, write_result
 from .data import load_cifar10, to_tensor
+from .sampling import sample
 
 DEFAULT_CLASSIFIER = DATA / "models" / "cifar10-classifier" / "classifier.pt"
 FORMAT = "dqar-classifier-v1"
@@ -145,8 +146,6 @@ def sample_accuracy(model: nn.Module, n_classes: int = 10, per_class: int = 8, s
 
     With the defaults (DDIM-50, the guidance recorded with the model, seed 0) this is the embedded model's bar.
     """
-    from .sampling import sample  # sampling needs the hooks; keep this module importable on its own
-
     labels = class_major(n_classes, per_class)
     res = sample(model, labels, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed, progress=False)
     return class_accuracy(res.images, labels, classifier)

@@ -88,6 +88,7 @@ def test_sample_accuracy_scores_class_major_samples_of_one_seed():
     with pytest.raises(ValueError, match="per_class=0"):
         sample_accuracy(model, 4, 0, classifier=clf)
 
+
 def test_psnr_ssim():
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(4, 3, 32, 32, generator=g)
