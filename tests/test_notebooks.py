@@ -1,4 +1,4 @@
-"""Papermill smoke run of every notebook, and a bad parameter that must stop a notebook early."""
+"""Every notebook: valid as stored (unique cell ids), a papermill smoke run, and a bad parameter that stops it early."""
 
 import json
 from pathlib import Path
@@ -8,13 +8,14 @@ import papermill as pm
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+each_notebook = pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@each_notebook
 def test_notebook_is_valid_with_unique_cell_ids(nb):
     raw = json.loads(nb.read_text())  # nbformat.read would fill in missing ids
     ids = [c.get("id") for c in raw["cells"]]
@@ -22,13 +23,13 @@ def test_notebook_is_valid_with_unique_cell_ids(nb):
     nbformat.validate(nbformat.from_dict(raw))
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@each_notebook
 def test_notebook_smoke(nb, tmp_path):
     pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"profile": "smoke"}, cwd=str(nb.parent),
                         progress_bar=False, kernel_name="python3")
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@each_notebook
 def test_bad_profile_stops_early(nb, tmp_path):
     out = tmp_path / nb.name
     with pytest.raises(pm.PapermillExecutionError, match="profile='fast' is invalid"):
