@@ -14,15 +14,15 @@ _levels = [lg.level for lg in _NOISY]
 for _lg in _NOISY:
     _lg.setLevel(_logging.ERROR)
 try:
-    from .config import PRESETS, DQARConfig
-    from .controller import DQARController
-    from .hooks import apply_dqar, get_controller, remove_dqar
-    from .models import load_model, tiny_dit, tiny_pixart
-    from .sampling import SampleResult, sample
+    from .method.config import PRESETS, DQARConfig
+    from .method.controller import DQARController
+    from .method.hooks import apply_dqar, get_controller, remove_dqar
+    from .models.sampling import SampleResult, default_guidance, sample
+    from .models.zoo import load_model, tiny_dit, tiny_pixart
 finally:
     for _lg, _lv in zip(_NOISY, _levels):
         _lg.setLevel(_lv)
 
 __all__ = ["DQARConfig", "PRESETS", "DQARController", "apply_dqar", "remove_dqar", "get_controller", "sample",
-           "SampleResult", "load_model", "tiny_dit", "tiny_pixart"]
+           "SampleResult", "default_guidance", "load_model", "tiny_dit", "tiny_pixart"]
 __version__ = "0.1.0"

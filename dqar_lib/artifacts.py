@@ -1,38 +1,15 @@
-"""Artifacts under data/: atomic writes and JSON results that carry a manifest."""
+"""Results under data/: JSON files that carry a manifest (device, versions, commit, parameters, date)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = REPO_ROOT / "data"
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path | str, mode: str = "w"):
-    """Write to a temporary file beside `path` and rename it into place: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+from .method.files import REPO_ROOT, atomic_write
 
 
 def git_commit() -> str:
@@ -90,20 +67,3 @@ def read_result(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict) or "manifest" not in data or "result" not in data:
         raise ValueError(f"{path} carries no manifest: expected keys 'manifest' and 'result'")
     return data
-
-
-def load_tagged(path: Path | str, fmt: str, what: str, weights_only: bool = False) -> dict:
-    """A torch-saved dict carrying `"format": fmt`; a missing, corrupt or foreign file is an error naming it."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # pickle, zip and EOF errors name no file; say which
-        raise ValueError(f"{what} file {path} is corrupt or truncated: {e}") from None
-    tag = blob.get("format") if isinstance(blob, dict) else None
-    if tag != fmt:
-        raise ValueError(f"{path} is not a DQAR {what} file: format tag {tag!r}, expected {fmt!r}")
-    return blob

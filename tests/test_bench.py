@@ -9,8 +9,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from dqar_lib import DQARConfig, tiny_dit, tiny_pixart
-from dqar_lib.bench import bench_sampling, time_fn, write_bench
-from dqar_lib.flops import attention_ceiling, dqar_flops, forward_flops
+from dqar_lib.evaluation.bench import bench_sampling, time_fn, write_bench
+from dqar_lib.evaluation.flops import attention_ceiling, dqar_flops, forward_flops
 
 # ---- flops ------------------------------------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def test_reuse_ratios_behave(dit):
 
 
 def test_dit_xl_ceiling_is_in_the_measured_range():
-    from dqar_lib.models import REAL_MODELS
+    from dqar_lib.models.zoo import REAL_MODELS
 
     cfg = REAL_MODELS["facebook/DiT-XL-2-256"]["config"]
     ceiling = attention_ceiling(cfg, 2)  # a config dict works like a model
@@ -158,8 +158,8 @@ def test_write_bench_refuses_no_rows(tmp_path):
 
 
 def test_bench_runs_peers_beside_dqar():
-    from dqar_lib.peers import PEERS
-    from dqar_lib.ptq import W8A8Peer
+    from dqar_lib.evaluation.peers import PEERS
+    from dqar_lib.evaluation.ptq import W8A8Peer
 
     model = tiny_dit()
     rows = bench_sampling(model, [0, 1], {"full": None, "pab": PEERS["pab"](), "w8a8": W8A8Peer(calib_steps=2),
@@ -194,7 +194,7 @@ def test_bench_compiled_dqar_uses_regional_compile():
 
 def test_gpu_bench_cli_runs_on_cpu(tmp_path):
     from dqar_lib.artifacts import read_result
-    from dqar_lib.gpu_bench import main
+    from dqar_lib.evaluation.gpu_bench import main
 
     main(["--out", str(tmp_path), "--models", "tiny", "--batch", "2", "--steps", "3", "--repeats", "1",
           "--device", "cpu"])
@@ -210,7 +210,7 @@ def test_gpu_bench_cli_runs_on_cpu(tmp_path):
 
 def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
     from dqar_lib.artifacts import read_result
-    from dqar_lib.gpu_bench import default_batch, main
+    from dqar_lib.evaluation.gpu_bench import default_batch, main
 
     assert default_batch("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") < default_batch("facebook/DiT-XL-2-256") == 16
     main(["--out", str(tmp_path), "--models", "tiny-pixart", "--batch", "2", "--steps", "3", "--repeats", "1",
@@ -226,7 +226,7 @@ def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
 def test_dominating_lists_strictly_better_points():
     import pandas as pd
 
-    from dqar_lib.bench import dominating
+    from dqar_lib.evaluation.bench import dominating
 
     df = pd.DataFrame({"speedup": [1.0, 1.2, 1.3, 1.2, 1.5, 1.2], "psnr": [float("inf"), 33.0, 34.0, 33.0, 20.0, 33.5]},
                       index=["full", "dqar", "better", "tie", "faster only", "closer only"])

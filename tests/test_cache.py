@@ -1,6 +1,6 @@
 import torch
 
-from dqar_lib.cache import ReuseCache, signature, storage_mode
+from dqar_lib.method.cache import ReuseCache, signature, storage_mode
 
 
 def test_budget_refuses_and_counts():

@@ -2,22 +2,24 @@ import pytest
 import torch
 
 from dqar_lib import DQARConfig, apply_dqar, remove_dqar
-from dqar_lib.calibration import (
-    FORMAT,
-    Calibration,
+from dqar_lib.fitting.cache_fit import (
     collect_cache_tensors,
     csb_factors,
-    dequantize_calibrated,
     error_table,
-    fit_calibration,
-    load_calibration,
-    quantize_calibrated,
+    fit_csb_calibration,
     reconstruction_error,
     salience,
-    save_calibration,
     ssc_weights,
 )
-from dqar_lib.quant import dequantize, quantize
+from dqar_lib.method.quant import dequantize, quantize
+from dqar_lib.method.storage import (
+    FORMAT,
+    CSBCalibration,
+    dequantize_calibrated,
+    load_csb_calibration,
+    quantize_calibrated,
+    save_csb_calibration,
+)
 
 
 def outlier_tensors(T=4, C=32, outliers=(3, 17), factor=30.0, seed=0):
@@ -45,7 +47,7 @@ def test_csb_reduces_per_tensor_error_on_outlier_channels():
     errs = [mean_rel(reconstruction_error(tensors, "csb", alpha=a)) for a in (0.0, 0.25, 0.5, 1.0)]
     assert errs[0] > plain  # alpha = 0 with the static scale: the largest timestep's scale serves all
     assert all(a > b for a, b in zip(errs, errs[1:]))
-    dyn = fit_calibration(tensors, alpha=0.0)
+    dyn = fit_csb_calibration(tensors, alpha=0.0)
     assert mean_rel(reconstruction_error(tensors, dyn, dynamic=True)) == pytest.approx(plain, rel=1e-6)
     assert mean_rel(reconstruction_error(tensors, "int8_channel")) < errs[-1] < 2 * mean_rel(
         reconstruction_error(tensors, "int8_channel"))
@@ -54,7 +56,7 @@ def test_csb_reduces_per_tensor_error_on_outlier_channels():
 
 def test_alpha_zero_is_plain_per_tensor_int8():
     x = outlier_tensors(T=1)[(0, "out")][0][1]
-    calib = fit_calibration({(0, "out"): [(500.0, x)]}, alpha=0.0)[(0, "out")]
+    calib = fit_csb_calibration({(0, "out"): [(500.0, x)]}, alpha=0.0)[(0, "out")]
     assert torch.equal(calib.b, torch.ones(32))
     q = quantize_calibrated(x, calib)
     assert torch.equal(dequantize_calibrated(q, calib), dequantize(quantize(x, "int8_tensor")))
@@ -62,7 +64,7 @@ def test_alpha_zero_is_plain_per_tensor_int8():
 
 def test_static_scale_never_clips_the_calibration_set():
     tensors = outlier_tensors()
-    calib = fit_calibration(tensors)[(0, "out")]
+    calib = fit_csb_calibration(tensors)[(0, "out")]
     for _, x in tensors[(0, "out")]:
         assert quantize_calibrated(x, calib).data.abs().max() <= 127
         assert torch.allclose(calib.scale, max(salience(x / calib.b).max() for _, x in tensors[(0, "out")]) / 127)
@@ -89,7 +91,7 @@ def test_csb_factors_and_argument_errors():
     with pytest.raises(ValueError, match="alpha"):
         csb_factors(torch.ones(3), alpha=1.5)
     with pytest.raises(ValueError, match="percentile"):
-        fit_calibration(outlier_tensors(), percentile=0)
+        fit_csb_calibration(outlier_tensors(), percentile=0)
     with pytest.raises(ValueError, match="mode"):
         reconstruction_error(outlier_tensors(), "int4")
     with pytest.raises(ValueError, match="kinds"):
@@ -97,9 +99,9 @@ def test_csb_factors_and_argument_errors():
 
 
 def test_save_load_round_trip(tmp_path):
-    calib = fit_calibration(outlier_tensors())
-    path = save_calibration(tmp_path / "c.pt", calib, {"alpha": 0.5, "model": "tiny"})
-    loaded, meta = load_calibration(path)
+    calib = fit_csb_calibration(outlier_tensors())
+    path = save_csb_calibration(tmp_path / "c.pt", calib, {"alpha": 0.5, "model": "tiny"})
+    loaded, meta = load_csb_calibration(path)
     assert meta == {"alpha": 0.5, "model": "tiny"}
     assert loaded.keys() == calib.keys()
     for key, c in calib.items():
@@ -110,19 +112,19 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        load_calibration(tmp_path / "missing.pt")
+        load_csb_calibration(tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
-    save_calibration(corrupt, {(0, "out"): Calibration(torch.ones(4), torch.tensor(0.1))})
+    save_csb_calibration(corrupt, {(0, "out"): CSBCalibration(torch.ones(4), torch.tensor(0.1))})
     corrupt.write_bytes(corrupt.read_bytes()[:50])
     with pytest.raises(ValueError, match="corrupt.pt.*corrupt"):
-        load_calibration(corrupt)
+        load_csb_calibration(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(ValueError, match=f"foreign.pt.*{FORMAT}"):
-        load_calibration(foreign)
+        load_csb_calibration(foreign)
     torch.save(torch.zeros(3), foreign)
     with pytest.raises(ValueError, match="foreign.pt"):
-        load_calibration(foreign)
+        load_csb_calibration(foreign)
 
 
 @pytest.mark.parametrize("granularity,kinds", [("attn", ("out",)), ("kv", ("k", "v"))])

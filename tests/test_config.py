@@ -48,18 +48,18 @@ def test_policy_needs_a_file():
         DQARConfig(use_policy=True)
 
 
-def test_dqar_preset_takes_the_measured_cache_mode(tmp_path, monkeypatch):
-    import torch
+def test_presets_are_pure_and_the_default_cache_mode_is_pinned(monkeypatch):
+    """A preset reads no file (a notebook run cannot change the library's default), and "dqar" caches in
+    int8_channel, the mode notebooks/04_quantization measures as recommended (it asserts the two agree)."""
+    import builtins
 
-    from dqar_lib import config as config_module
-    from dqar_lib.calibration import Calibration, save_calibration
+    def no_open(*a, **k):
+        raise AssertionError(f"a preset opened a file: {a[:1]}")
 
-    calib = {(0, "out"): Calibration(b=torch.ones(4), scale=torch.tensor(0.1))}
-    path = save_calibration(tmp_path / "c.pt", calib, meta={"recommended_mode": "csb"})
-    monkeypatch.setattr(config_module, "DEFAULT_CALIBRATION", path)
-    cfg = DQARConfig.preset("dqar")
-    assert cfg.cache_mode == "csb" and cfg.cache_calibration == str(path)
-    save_calibration(path, calib, meta={"recommended_mode": "int8_tensor"})
-    assert DQARConfig.preset("dqar").cache_mode == "int8_tensor"
-    monkeypatch.setattr(config_module, "DEFAULT_CALIBRATION", tmp_path / "absent.pt")
+    monkeypatch.setattr(builtins, "open", no_open)
+    monkeypatch.setattr("pathlib.Path.is_file", lambda self: (_ for _ in ()).throw(AssertionError(str(self))))
+    for name in PRESETS:
+        assert DQARConfig.preset(name) == DQARConfig.preset(name)
+    assert DQARConfig.preset("dqar").cache_mode == "int8_channel"
     assert DQARConfig.preset("dqar") == DQARConfig()
+    assert DQARConfig.preset("dqar_csb").cache_mode == "csb"

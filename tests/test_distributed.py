@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dqar_lib import sample
-from dqar_lib.distributed import MANIFEST, SAMPLES, batch_seed, distributed_sample, shard
+from dqar_lib.evaluation.distributed import MANIFEST, SAMPLES, batch_seed, distributed_sample, shard
 
 REPO = Path(__file__).resolve().parent.parent
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -88,7 +88,7 @@ def _run(cmd: list[str]) -> None:
 
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     """Two gloo ranks (uneven: 2 batches and 1) gather the same images as a single process."""
-    args = ["-m", "dqar_lib.distributed", "--model", "tiny", "--num-images", "6", "--steps", "3",
+    args = ["-m", "dqar_lib.evaluation.distributed", "--model", "tiny", "--num-images", "6", "--steps", "3",
             "--batch-size", "2", "--seed", "11", "--dqar", "always"]
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
           "--out", str(tmp_path / "two")])

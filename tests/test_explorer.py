@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from dqar_lib import DQARConfig, sample, tiny_dit
-from dqar_lib.explorer import drift_cost, explorer_widget, grid_summaries, replay, runs, summarize
-from dqar_lib.tracing import record_trace, trace_matrix
+from dqar_lib.fitting.replay import drift_cost, grid_summaries, replay, runs, summarize
+from dqar_lib.fitting.tracing import record_trace, trace_matrix
+from dqar_lib.publish.explorer import explorer_widget
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_summary_and_widget(model):
 
 
 def test_calibrate_gates_meets_a_reuse_budget(model):
-    from dqar_lib.explorer import calibrate_gates
+    from dqar_lib.fitting.replay import calibrate_gates
 
     rows = [r for s in (0, 1) for r in record_trace(model, [1, 2], num_steps=10, seed=s)]
     base = DQARConfig.preset("dqar", use_schedule=False)

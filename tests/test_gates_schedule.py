@@ -2,10 +2,10 @@ import math
 
 import pytest
 
-from dqar_lib import gates
-from dqar_lib.config import DQARConfig
-from dqar_lib.controller import StepView, decide
-from dqar_lib.schedule import layer_allowed, progress, schedule_depth, schedule_mask, static_plan
+from dqar_lib.method import gates
+from dqar_lib.method.config import DQARConfig
+from dqar_lib.method.controller import StepView, decide
+from dqar_lib.method.schedule import layer_allowed, progress, schedule_depth, schedule_mask, static_plan
 
 
 @pytest.mark.parametrize("H,tau,expected", [(0.1, 0.5, True), (0.5, 0.5, False), (0.9, 0.5, False),

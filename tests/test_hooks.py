@@ -3,7 +3,7 @@ import torch
 from conftest import dit_inputs, pixart_inputs, run_steps
 
 from dqar_lib import DQARConfig, apply_dqar, get_controller, remove_dqar, tiny_dit
-from dqar_lib.hooks import self_attention_modules
+from dqar_lib.method.hooks import self_attention_modules
 
 MODELS = [("dit", dit_inputs), ("pixart", pixart_inputs)]
 
@@ -195,10 +195,11 @@ def test_diffusers_pipeline_runs_unchanged():
 
 
 def test_csb_cache_mode_uses_a_calibration(dit, tmp_path):
-    from dqar_lib.calibration import collect_cache_tensors, fit_calibration, save_calibration
+    from dqar_lib.fitting.cache_fit import collect_cache_tensors, fit_csb_calibration
+    from dqar_lib.method.storage import save_csb_calibration
 
-    calib = fit_calibration(collect_cache_tensors(dit, [0, 1], num_steps=4))
-    path = save_calibration(tmp_path / "c.pt", calib, meta={"recommended_mode": "csb"})
+    calib = fit_csb_calibration(collect_cache_tensors(dit, [0, 1], num_steps=4))
+    path = save_csb_calibration(tmp_path / "c.pt", calib, meta={"recommended_mode": "csb"})
     fp32 = apply_dqar(dit, DQARConfig.preset("always", cache_mode="fp32"))
     ref = run_steps(dit, dit_inputs)
     remove_dqar(dit)
@@ -267,7 +268,7 @@ def test_compiled_compute_paths_do_not_recompile_per_step(dit, granularity):
 
 
 def test_outputs_no_later_step_can_reuse_are_not_stored(dit):
-    from dqar_lib.sampling import make_scheduler
+    from dqar_lib.models.sampling import make_scheduler
 
     sched = make_scheduler("ddim")
     sched.set_timesteps(10)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import dit_inputs
 
-from dqar_lib.lowbit import TorchaoPeer, block_linears
-from dqar_lib.models import tiny_dit
+from dqar_lib.evaluation.lowbit import TorchaoPeer, block_linears
+from dqar_lib.models.zoo import tiny_dit
 
 
 def _out(model, inputs):
@@ -39,7 +39,7 @@ def test_torchao_peer_rejects_bad_use():
 
 
 def test_torchao_peer_runs_in_the_benchmark():
-    from dqar_lib.bench import bench_sampling
+    from dqar_lib.evaluation.bench import bench_sampling
 
     rows = bench_sampling(tiny_dit(), [0, 1], {"full": None, "int8": TorchaoPeer("int8_dynamic")}, num_steps=3,
                           repeats=1, warmup=0, progress=False)

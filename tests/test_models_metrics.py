@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from dqar_lib import load_model, sample
-from dqar_lib.artifacts import atomic_write, read_result, write_result
-from dqar_lib.classifier import CifarResNet, class_accuracy, class_major, load_classifier, sample_accuracy
-from dqar_lib.metrics import proxy_fid, psnr, ssim
-from dqar_lib.models import cifar_dit, tiny_dit
+from dqar_lib.artifacts import read_result, write_result
+from dqar_lib.evaluation.classifier import CifarResNet, class_accuracy, class_major, load_classifier, sample_accuracy
+from dqar_lib.evaluation.metrics import proxy_fid, psnr, ssim
+from dqar_lib.method.files import atomic_write
+from dqar_lib.models.zoo import cifar_dit, tiny_dit
 
 
 def test_load_model_roundtrip(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dqar_lib import sample, tiny_dit
-from dqar_lib.peers import PEERS, UNRUNNABLE, flow_sigma, get_peer, peer_status, run_peer
+from dqar_lib.evaluation.peers import PEERS, UNRUNNABLE, flow_sigma, get_peer, peer_status, run_peer
 
 LABELS, STEPS = [1, 2], 8  # guidance 1.5 (tiny_dit's default): one CFG batch of 4 per step
 # Settings that make each method skip on the random tiny DiT in 8 steps (fbc/seacache defaults never fire there).

@@ -3,8 +3,7 @@ import torch
 from conftest import dit_inputs, run_steps
 
 from dqar_lib import tiny_dit
-from dqar_lib.calibration import ssc_weights
-from dqar_lib.ptq import (
+from dqar_lib.evaluation.ptq import (
     apply_w8a8,
     block_linears,
     collect_activation_salience,
@@ -13,6 +12,7 @@ from dqar_lib.ptq import (
     remove_w8a8,
     sampling_run,
 )
+from dqar_lib.fitting.cache_fit import ssc_weights
 
 # Measured on tiny_dit (5 timesteps, max over them): W8A8 moves the output by 0.6% (0.7% with CSB+SSC).
 # INT8 rounding costs about crest / (127 sqrt 12) ~ 0.2-1% per quantized tensor; 5% leaves room for the

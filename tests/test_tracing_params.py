@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from dqar_lib import tiny_dit
-from dqar_lib.notebook import check_parameters
-from dqar_lib.tracing import gate_thresholds, record_trace, trace_matrix
+from dqar_lib.fitting.tracing import gate_thresholds, record_trace, trace_matrix
+from dqar_lib.publish.notebook import check_parameters
 
 
 def test_record_trace_rows_and_change(dit):
@@ -58,7 +58,7 @@ def test_notebook_parameters_are_checked(params, message):
 def test_record_traces_resumes_after_an_interruption(tmp_path, monkeypatch):
     import json
 
-    from dqar_lib import tracing
+    from dqar_lib.fitting import tracing
 
     torch.manual_seed(0)
     model = tiny_dit(depth=2).eval()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dqar_lib import load_model
-from dqar_lib.train import TrainConfig, train_dit
+from dqar_lib.models.train import TrainConfig, train_dit
 
 TINY = dict(width=32, depth=1, heads=2, batch_size=4, warmup_steps=1, ckpt_every_minutes=1e-6)
 
@@ -43,7 +43,7 @@ def test_history_survives_warm_start_and_resume(tmp_path):
 
 
 def test_learning_rate_warms_up_then_cools_down():
-    from dqar_lib.train import learning_rate
+    from dqar_lib.models.train import learning_rate
 
     cfg = TrainConfig(lr=1.0, warmup_steps=10, total_steps=100, cooldown_steps=50, cooldown_floor=0.1)
     assert learning_rate(cfg, 0) == pytest.approx(0.1)  # warm-up
@@ -76,7 +76,7 @@ def test_interrupt_stops_between_steps_and_saves(tmp_path):
 
 
 def test_min_snr_weight():
-    from dqar_lib.train import _loss_weight
+    from dqar_lib.models.train import _loss_weight
 
     acp = torch.tensor([0.999, 0.5, 0.01])  # SNR 999, 1, ~0.01
     w = _loss_weight(acp, 5.0)
@@ -92,7 +92,7 @@ def test_loss_curve_shades_each_run():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dqar_lib import plots
+    from dqar_lib.publish import plots
 
     fig, ax = plt.subplots()
     history = [{"steps": [0, 300]}, {"steps": [300, 500], "cooldown_steps": 200}]

@@ -8,6 +8,7 @@ import torch
 
 from .host import HostValue
 from .quant import QTensor, dequantize, quantize
+from .storage import quantize_calibrated
 
 
 def signature(x: torch.Tensor) -> tuple:
@@ -61,12 +62,10 @@ class ReuseCache:
     def store(self, key: tuple, x: torch.Tensor, mode: str, calib=None, dynamic: bool = True) -> bool:
         """Quantize and keep `x` under `key`; False (and the old entry dropped) if it would exceed the budget.
 
-        mode "csb" needs `calib` (a dqar_lib.calibration.Calibration); `dynamic` then takes s per tensor.
+        mode "csb" needs `calib` (a dqar_lib.method.storage.CSBCalibration); `dynamic` then takes s per tensor.
         """
         old = self._entries.pop(key, None)
         if mode == "csb":
-            from .calibration import quantize_calibrated
-
             if calib is None:
                 raise ValueError(f"cache mode 'csb' needs a calibration for entry {key}")
             q = quantize_calibrated(x, calib, dynamic)

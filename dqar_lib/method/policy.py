@@ -81,7 +81,7 @@ def train_policy(f: torch.Tensor, y: torch.Tensor, hidden: int = 64, depth: int 
 
 
 def save_policy(policy: ReusePolicy, path: Path | str, meta: dict | None = None) -> None:
-    from .artifacts import atomic_write
+    from .files import atomic_write
 
     blob = {"format": FORMAT, "features": FEATURES, "hidden": policy.hidden, "depth": policy.depth,
             "state_dict": policy.state_dict(), "meta": meta or {}}
@@ -91,7 +91,7 @@ def save_policy(policy: ReusePolicy, path: Path | str, meta: dict | None = None)
 
 def load_policy(path: Path | str) -> ReusePolicy:
     """Load a policy file; a missing, corrupt or foreign file is an error that names it."""
-    from .artifacts import load_tagged
+    from .files import load_tagged
 
     blob = load_tagged(path, FORMAT, "policy")
     if tuple(blob.get("features", ())) != FEATURES:

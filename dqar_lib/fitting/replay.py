@@ -1,21 +1,20 @@
-"""The explorer: replay DQAR's decisions over stored traces, and a widget that works in static HTML.
+"""Replaying DQAR's decisions over stored traces, and fitting the gates to a reuse budget on them.
 
-`replay` runs the controller's own pure `decide()` over the host numbers a trace recorded, so a
-config's reuse map can be seen without sampling. `explorer_widget` precomputes one figure per point
-of a (tau, snr_lo, schedule depth) grid and links the sliders to them in the browser (`jslink`), so
-the rendered book reacts to the sliders with no Python kernel behind it.
+`replay` steps the controller's own decision rule over the host numbers a trace recorded, so a config's
+reuse map and its predicted cost can be read without sampling; `calibrate_gates` bisects a gate threshold
+to a reuse budget that way.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 
 import numpy as np
 
-from .config import DQARConfig
-from .controller import StepView, advance_post_warmup, decide
-from .schedule import progress
+from ..method.config import DQARConfig
+from ..method.controller import StepView, advance_post_warmup, decide
+from ..method.schedule import progress
+from .tracing import gate_thresholds
 
 
 def runs(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -79,22 +78,6 @@ def summarize(rows: list[dict], cfg: DQARConfig, quant_error: float = 0.0) -> di
     return {"reuse_fraction": float(np.mean(fr)), "error_per_reuse": float(np.mean(err)) if err else 0.0}
 
 
-def _figure_png(run_rows, cfg, title: str) -> bytes:
-    import matplotlib.pyplot as plt
-
-    from . import plots
-
-    plan = replay(run_rows, cfg)
-    fig, ax = plt.subplots(figsize=(7.5, 2.4), dpi=72)
-    plots.reuse_map(ax, [dict(step=s, layer=i, reuse=bool(plan[s, i])) for s in range(plan.shape[0])
-                         for i in range(plan.shape[1])], title=title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def grid_config(base: DQARConfig, tau: float, snr_lo: float, depth: float) -> DQARConfig:
     """`base` with the explorer's three knobs set: tau, snr_lo and the schedule's starting depth."""
     return base.replace(tau=float(tau), snr_lo=float(snr_lo), schedule_depth_start=float(depth))
@@ -105,50 +88,11 @@ def grid_summaries(rows: list[dict], base: DQARConfig, taus, snr_los, depths) ->
     return {k: summarize(rows, grid_config(base, *k)) for k in itertools.product(taus, snr_los, depths)}
 
 
-def explorer_widget(rows: list[dict], base: DQARConfig, summaries: dict[tuple, dict], quant_errors: dict[str, float],
-                    show_run: tuple | None = None):
-    """Sliders for tau, snr_lo and the schedule's starting depth over precomputed reuse maps.
-
-    `summaries` is `grid_summaries` over the grid the sliders step through. Each grid point's figure shows
-    the reuse map of one traced run (`show_run`, default the first), titled with the reuse fraction and
-    predicted error per reuse averaged over every run, for each cache mode in `quant_errors` (its mean
-    relative round-trip error). Returns an ipywidgets VBox.
-    """
-    import ipywidgets as w
-
-    grouped = runs(rows)
-    shown = grouped[show_run] if show_run is not None else next(iter(grouped.values()))
-    axes = [sorted({k[d] for k in summaries}) for d in range(3)]  # taus, snr_los, depths
-
-    def leaf(key):
-        s = summaries[key]
-        per_mode = ", ".join(f"{m} {s['error_per_reuse'] + e:.3f}" for m, e in quant_errors.items())
-        title = f"reuse {s['reuse_fraction']:.2f} | error per reuse: {per_mode}"
-        return w.Image(value=_figure_png(shown, grid_config(base, *key), title), format="png")
-
-    sliders = [w.SelectionSlider(options=[(f"{v:g}", i) for i, v in enumerate(vals)], value=0, description=name,
-                                 continuous_update=True, layout=w.Layout(width="420px"))
-               for name, vals in zip(("tau", "snr_lo", "depth₀"), axes)]
-
-    def nest(key: tuple):
-        """A Stack over the next axis's values, its index linked to that axis's slider in the browser."""
-        d = len(key)
-        if d == len(axes):
-            return leaf(key)
-        stack = w.Stack([nest(key + (v,)) for v in axes[d]], selected_index=0)
-        w.jslink((sliders[d], "index"), (stack, "selected_index"))
-        return stack
-
-    return w.VBox([w.HBox(sliders[:2]), sliders[2], nest(())])
-
-
 def calibrate_gates(rows: list[dict], base: DQARConfig, target_reuse: float, snr_quantile: float = 0.3,
                     iters: int = 12) -> dict:
     """Gate thresholds for a reuse budget: snr_lo at `snr_quantile` of the traced SNR_t past warmup, and tau
     at the quantile of the traced H_t whose replayed reuse fraction (mean over the runs) comes closest to
     `target_reuse` from below. Returns {"tau", "snr_lo", "reuse_fraction"} (the replayed fraction)."""
-    from .tracing import gate_thresholds
-
     if not 0.0 < target_reuse < 1.0:
         raise ValueError(f"target_reuse={target_reuse!r} is invalid: expected a number in (0, 1)")
     lo, hi, best = 0.0, 1.0, None

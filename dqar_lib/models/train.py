@@ -15,9 +15,10 @@ import torch
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_write, write_result
+from ..artifacts import write_result
+from ..method.files import atomic_write
 from .data import load_cifar10, to_tensor
-from .models import cifar_dit
+from .zoo import cifar_dit
 
 
 @dataclass

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .calibration import salience, ssc_weights
-from .quant import QMAX, dequantize, quantize
+from ..fitting.cache_fit import salience, ssc_weights
+from ..method.quant import QMAX, dequantize, quantize
 
 _ATTR = "_dqar_w8a8"
 SCOPE = "transformer_blocks"
@@ -56,7 +56,7 @@ def collect_activation_salience(model: nn.Module, run: Callable[[nn.Module], obj
 
 def sampling_run(labels=(0, 1, 2, 3), num_steps: int = 4, seeds=(0,), **sample_kw) -> Callable[[nn.Module], None]:
     """A calibration run for `collect_activation_salience`: dqar_lib.sample over `seeds`."""
-    from .sampling import sample
+    from ..models.sampling import sample
 
     def run(model: nn.Module) -> None:
         for seed in seeds:

@@ -18,7 +18,7 @@ _MIN_SCALE = 1e-12
 class QTensor:
     """A stored tensor: `data` (int8 or float), `scale` (None, 0-d, or (C,)), and the dtype to restore.
 
-    `b` (C,) is a calibrated channel balance (CSB, dqar_lib.calibration): X_hat = Q * s * b.
+    `b` (C,) is a calibrated channel balance (CSB, dqar_lib.fitting.cache_fit): X_hat = Q * s * b.
     """
 
     data: torch.Tensor

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import write_result
-from .config import DQARConfig
+from ..artifacts import write_result
+from ..method.config import DQARConfig
+from ..models.sampling import SCHEDULERS, conditioning, default_guidance, sample
 from .flops import attention_ceiling, dqar_flops, forward_flops
 from .metrics import psnr, ssim
-from .sampling import SCHEDULERS, conditioning, default_guidance, sample
 
 
 def _device(device) -> torch.device:
@@ -84,7 +84,7 @@ def _resolve(cfg):
 
 
 def _is_runner(m) -> bool:
-    """A peer method (dqar_lib.peers.Peer, dqar_lib.ptq.W8A8Peer): prepare / apply / remove / step_callback."""
+    """A peer method (peers.Peer, ptq.W8A8Peer): prepare / apply / remove / step_callback."""
     return all(hasattr(m, a) for a in ("prepare", "apply", "remove", "step_callback"))
 
 
@@ -92,7 +92,7 @@ class _CallCounter:
     """Counts self-attention and feed-forward calls per block while a peer runs (peers report no reuse)."""
 
     def __init__(self, model):
-        from .hooks import self_attention_modules
+        from ..method.hooks import self_attention_modules
 
         self.attn = [m.to_q for _, m in self_attention_modules(model)]  # a skipped attention never projects Q
         self.ff = [b.ff for b in getattr(model, "transformer_blocks", []) if hasattr(b, "ff")]
@@ -183,7 +183,8 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
                    compile: bool = False, compile_options: dict | None = None, progress: bool = True,
                    prompt_embeds: torch.Tensor | None = None) -> list[dict]:
     """Time `dqar_lib.sample` for each named method: a DQARConfig, a preset name, None for full compute, or a
-    peer (dqar_lib.peers.PEERS[...](), dqar_lib.ptq.W8A8Peer()), prepared once and applied per run.
+    peer (dqar_lib.evaluation.peers.PEERS[...](), dqar_lib.evaluation.ptq.W8A8Peer()), prepared once and applied
+    per run.
 
     Each method runs `warmup` untimed and `repeats` timed samplings, interleaved round-robin. One row per
     method: times (whole sampling call; median, spread, per image, per step), speedup against the first

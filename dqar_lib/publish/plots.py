@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .tracing import trace_matrix
+from ..fitting.tracing import trace_matrix
 
 
 def style() -> None:

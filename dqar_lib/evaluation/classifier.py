@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import DATA, atomic_write, load_tagged, write_result
-from .data import load_cifar10, to_tensor
-from .sampling import sample
+from ..artifacts import write_result
+from ..method.files import DEFAULT_CLASSIFIER, atomic_write, load_tagged
+from ..models.data import load_cifar10, to_tensor
+from ..models.sampling import sample
 
-DEFAULT_CLASSIFIER = DATA / "models" / "cifar10-classifier" / "classifier.pt"
 FORMAT = "dqar-classifier-v1"
 
 

@@ -1,6 +1,6 @@
 """The GPU benchmark (notebooks/07_gpu_benchmarks, full profile): DiT-XL/2 and PixArt-Σ, eager and compiled.
 
-    python -m dqar_lib.gpu_bench --out DIR [--models facebook/DiT-XL-2-256 ...] [--batch 16] [--steps 50]
+    python -m dqar_lib.evaluation.gpu_bench --out DIR [--models facebook/DiT-XL-2-256 ...] [--batch 16] [--steps 50]
 
 Weights are random unless the hub is reachable (`--hub`): speed then reflects the decision plan and the
 architecture, not the weights, and quality is the latent's relative L2 change against full compute.
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..method.config import DQARConfig
+from ..models.sampling import is_text_conditioned
+from ..models.zoo import REAL_MODELS, load_model, random_real, tiny_dit, tiny_pixart
 from .bench import bench_sampling, write_bench
-from .config import DQARConfig
 from .lowbit import TorchaoPeer
-from .models import REAL_MODELS, load_model, random_real, tiny_dit, tiny_pixart
 from .peers import PEERS
-from .sampling import is_text_conditioned
 
 DIT_MODELS = [m for m in REAL_MODELS if "DiT-XL" in m]
 BENCH_MODELS = DIT_MODELS + [m for m in REAL_MODELS if "PixArt-Sigma" in m]
@@ -104,7 +104,7 @@ def load_results(folder: str | Path):
     weights, compiled flag and device from its manifest. Empty (no rows) when the folder holds none."""
     import pandas as pd
 
-    from .artifacts import read_result
+    from ..artifacts import read_result
 
     frames = []
     for path in sorted(Path(folder).glob("*.json")):

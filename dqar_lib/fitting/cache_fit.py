@@ -1,5 +1,5 @@
-"""Calibrating the INT8 reuse cache after PTQ4DiT: Channel-wise Salience Balancing (CSB) with
-Spearman's-rho-guided Salience Calibration (SSC).
+"""Fitting the INT8 reuse cache's CSB calibration after PTQ4DiT: Channel-wise Salience Balancing (CSB) with
+Spearman's-rho-guided Salience CSBCalibration (SSC).
 
 A cached tensor X (B, N, C) is stored as Q = clip(round(X / b / s), -127, 127) with one static per-tensor
 scale s and a static per-channel balancing vector b (C,), and restored as X_hat = Q * s * b. Dividing by b
@@ -7,8 +7,12 @@ flattens the channel salience s(X)_j = max abs(X[..., j]), so a single scale no 
 a few outlier channels; like per-channel INT8 it protects the small channels, but b and s are fitted once
 offline, so storing needs no max-reduction and one scale per tensor.
 
+The storage format (CSBCalibration, quantize_calibrated, the file) is dqar_lib.method.storage; this module
+fits it offline from sampling runs.
+
 PTQ4DiT (Wu et al. 2024, adreamwu/PTQ4DiT, models.py: `Attention.forward`, `Mlp.forward`) balances an
-activation against the *next weight*, b_j = sqrt(s(X)_j / s(W)_j), pushing salience into W (see dqar_lib.ptq).
+activation against the *next weight*, b_j = sqrt(s(X)_j / s(W)_j), pushing salience into W
+(see dqar_lib.evaluation.ptq).
 A cached tensor has no weight to absorb it, so here b_j = (s_j / G) ** alpha with G = geomean(s): alpha = 0 is
 plain per-tensor INT8, alpha = 1 gives every channel the same salience G, and alpha = 0.5 is PTQ4DiT's rule
 against a flat weight (s(W)_j = G). G only fixes the overall size of b (prod b = 1); the error does not
@@ -17,28 +21,14 @@ depend on it, since a global factor on b is absorbed by s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from scipy.stats import spearmanr
 
-from .artifacts import atomic_write, load_tagged
-from .quant import QMAX, QTensor, dequantize, quantize
+from ..method.quant import QMAX, dequantize, quantize
+from ..method.storage import CSBCalibration, Key, dequantize_calibrated, quantize_calibrated
 
-FORMAT = "dqar-cache-calibration/1"
 KINDS = ("out", "k", "v")
 MODES = ("fp16", "int8_tensor", "int8_channel", "csb", "csb_ssc")
-Key = tuple[int, str]  # (layer, kind)
-
-
-@dataclass
-class Calibration:
-    """What one cache key (layer, kind) is stored with: b (C,), the static scale s (0-d), the SSC weights eta (T,)."""
-
-    b: torch.Tensor
-    scale: torch.Tensor
-    eta: torch.Tensor | None = None
 
 
 # ---- collecting cached tensors ---------------------------------------------------------------------------
@@ -52,8 +42,8 @@ def collect_cache_tensors(model: torch.nn.Module, labels, num_steps: int = 10, s
     steps (None: all). Tensors are float32 on the CPU; `sample_kw` goes to dqar_lib.sample (guidance_scale ...).
     Run it on the bare model, or with a DQAR config that never reuses: a served entry would be recorded too.
     """
-    from .hooks import self_attention_modules
-    from .sampling import sample
+    from ..method.hooks import self_attention_modules
+    from ..models.sampling import sample
 
     if not kinds or any(k not in KINDS for k in kinds) or ("out" in kinds and len(kinds) > 1):
         raise ValueError(f"kinds={kinds!r} is invalid: expected ('out',) or a non-empty subset of ('k', 'v')")
@@ -127,8 +117,8 @@ def csb_factors(s: torch.Tensor, alpha: float) -> torch.Tensor:
     return (s / s.log().mean().exp()) ** alpha  # (C,)
 
 
-def fit_calibration(tensors: dict[Key, list[tuple[float, torch.Tensor]]], alpha: float = 0.5, use_ssc: bool = True,
-                    percentile: float = 100.0, temperature: float = 1.0) -> dict[Key, Calibration]:
+def fit_csb_calibration(tensors: dict[Key, list[tuple[float, torch.Tensor]]], alpha: float = 0.5, use_ssc: bool = True,
+                    percentile: float = 100.0, temperature: float = 1.0) -> dict[Key, CSBCalibration]:
     """Fit b and a static scale per key over the calibration timesteps.
 
     s_bar = sum_t eta_t s(X_t) with SSC weights eta (uniform 1/T without SSC); b = csb_factors(s_bar, alpha);
@@ -146,26 +136,11 @@ def fit_calibration(tensors: dict[Key, list[tuple[float, torch.Tensor]]], alpha:
         b = csb_factors((eta[:, None] * s_t).sum(0), alpha)  # (C,)
         amax_t = (s_t / b).amax(1)  # (T,) = max|X_t / b|, exactly
         scale = torch.quantile(amax_t, percentile / 100.0).clamp_min(1e-12) / QMAX
-        calib[key] = Calibration(b, scale, eta)
+        calib[key] = CSBCalibration(b, scale, eta)
     return calib
 
 
-# ---- storing with a calibration --------------------------------------------------------------------------
-def quantize_calibrated(x: torch.Tensor, calib: Calibration, dynamic: bool = False) -> QTensor:
-    """Q = clip(round(X / b / s)) with the calibrated static s (or, if `dynamic`, s = max|X / b| / 127)."""
-    if calib.b.shape != (x.shape[-1],):
-        raise ValueError(f"calibration b has shape {tuple(calib.b.shape)}, but x has {x.shape[-1]} channels")
-    xb = x.detach().float() / calib.b.to(x.device)  # (..., C)
-    q = quantize(xb, "int8_tensor", scale=None if dynamic else calib.scale)
-    return QTensor(q.data, q.scale, x.dtype, "csb", b=calib.b.to(x.device))
-
-
-def dequantize_calibrated(q: QTensor, calib: Calibration) -> torch.Tensor:
-    """X_hat = Q * s * b, in the dtype X had."""
-    return dequantize(QTensor(q.data, q.scale, q.dtype, q.mode, b=calib.b.to(q.data.device)))
-
-
-def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], mode: str | dict[Key, Calibration],
+def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], mode: str | dict[Key, CSBCalibration],
                          alpha: float = 0.5, dynamic: bool = False) -> dict[Key, list[dict]]:
     """Per key and timestep: rel_l2 = norm(X_hat - X) / norm(X) and max_abs = max abs(X_hat - X).
 
@@ -174,9 +149,9 @@ def reconstruction_error(tensors: dict[Key, list[tuple[float, torch.Tensor]]], m
     """
     calib = mode if isinstance(mode, dict) else None
     if calib is None and mode not in MODES:
-        raise ValueError(f"mode={mode!r} is invalid: expected one of {MODES} or a dict of Calibration")
+        raise ValueError(f"mode={mode!r} is invalid: expected one of {MODES} or a dict of CSBCalibration")
     if mode in ("csb", "csb_ssc"):
-        calib = fit_calibration(tensors, alpha, use_ssc=mode == "csb_ssc")
+        calib = fit_csb_calibration(tensors, alpha, use_ssc=mode == "csb_ssc")
     result = {}
     for key, items in tensors.items():
         rows = []
@@ -197,31 +172,3 @@ def error_table(tensors: dict[Key, list[tuple[float, torch.Tensor]]], modes: tup
     """Flat rows (mode, layer, kind, t, rel_l2, max_abs) for every mode, ready for a DataFrame."""
     return [{"mode": m, "layer": key[0], "kind": key[1], **row}
             for m in modes for key, rows in reconstruction_error(tensors, m, alpha, dynamic).items() for row in rows]
-
-
-# ---- files -----------------------------------------------------------------------------------------------
-def save_calibration(path: Path | str, calib: dict[Key, Calibration], meta: dict | None = None) -> Path:
-    """Write atomically with a format tag; `meta` holds plain values (alpha, model, steps ...)."""
-    path = Path(path)
-    entries = [{"layer": int(layer), "kind": str(kind), "b": c.b.detach().cpu().float(),
-                "scale": c.scale.detach().cpu().float().reshape(()),
-                "eta": None if c.eta is None else c.eta.detach().cpu().float()} for (layer, kind), c in calib.items()]
-    with atomic_write(path, "wb") as f:
-        torch.save({"format": FORMAT, "meta": dict(meta or {}), "entries": entries}, f)
-    return path
-
-
-def load_calibration(path: Path | str) -> tuple[dict[Key, Calibration], dict]:
-    """Read `save_calibration`'s file: (calib, meta). A missing, corrupt or foreign file is an error naming it."""
-    path = Path(path)
-    blob = load_tagged(path, FORMAT, "cache calibration", weights_only=True)
-    try:
-        calib = {(int(e["layer"]), e["kind"]): Calibration(e["b"], e["scale"], e["eta"]) for e in blob["entries"]}
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path} has a malformed calibration entry: {e!r}") from None
-    for key, c in calib.items():
-        if c.b.ndim != 1 or c.scale.ndim != 0:
-            raise ValueError(f"{path}: entry {key} has b of shape {tuple(c.b.shape)} and scale of shape "
-                             f"{tuple(c.scale.shape)}; expected (C,) and ()")
-    return calib, blob.get("meta", {})
-

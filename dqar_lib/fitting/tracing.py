@@ -31,9 +31,9 @@ def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddi
     """
     import torch
 
-    from .config import DQARConfig
-    from .hooks import self_attention_modules
-    from .sampling import sample
+    from ..method.config import DQARConfig
+    from ..method.hooks import self_attention_modules
+    from ..models.sampling import sample
 
     prev: dict[int, torch.Tensor] = {}
     change: list[tuple[float, float]] = []  # in call order: (step, layer) row-major
@@ -75,7 +75,7 @@ def gate_thresholds(rows: list[dict], tau_quantile: float = 0.5, snr_quantile: f
     The rule is deliberately simple (the policy notebook compares it with a learned policy):
     tau = the `tau_quantile` of H_t, snr_lo = the `snr_quantile` of SNR_t, over rows past `warmup`.
     """
-    from .schedule import progress
+    from ..method.schedule import progress
 
     for name, q in (("tau_quantile", tau_quantile), ("snr_quantile", snr_quantile)):
         if not 0.0 <= q <= 1.0:
@@ -109,7 +109,7 @@ def record_traces(model, class_labels, runs: list[tuple[str, int, int]], partial
 
     from tqdm.auto import tqdm
 
-    from .artifacts import atomic_write
+    from ..method.files import atomic_write
 
     partial_path = Path(partial_path)
     key = {"model": _fingerprint(model), "labels": [int(c) for c in class_labels]}
@@ -137,7 +137,8 @@ def record_traces(model, class_labels, runs: list[tuple[str, int, int]], partial
 def stored_traces(scheduler: str | None = None) -> list[dict]:
     """The rows of the committed traces (data/traces/traces.json, written by notebook 03), optionally of one
     scheduler's runs only."""
-    from .artifacts import DATA, read_result
+    from ..artifacts import read_result
+    from ..method.files import DATA
 
     rows = read_result(DATA / "traces" / "traces.json")["result"]["rows"]
     return rows if scheduler is None else [r for r in rows if r["scheduler"] == scheduler]

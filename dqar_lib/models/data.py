@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import REPO_ROOT, atomic_write
+from ..method.files import CIFAR10_ARCHIVE, REPO_ROOT, atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-ARCHIVE = REPO_ROOT / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+ARCHIVE = CIFAR10_ARCHIVE
 SHA256 = "b8d22658b5a1be7a9bf0e21e1a989e0240061a7667cf74b19e5ef1918c6cfb66"
 CACHE_DIR = REPO_ROOT / ".cache"
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "data" / "policy" / "policy.pt"
-DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "calibration" / "cache_calibration.pt"
+from .files import DEFAULT_CACHE_CALIBRATION, DEFAULT_POLICY
+
 GRANULARITIES = ("attn", "kv", "block")
 CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb")
 CFG_LAYOUTS = ("cond_first", "cond_second")
@@ -128,18 +127,12 @@ class DQARConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DQARConfig":
-        """A named preset, optionally with fields overridden: `DQARConfig.preset("dqar", tau=0.9)`."""
+        """A named preset, optionally with fields overridden: `DQARConfig.preset("dqar", tau=0.9)`.
+
+        Presets are pure: the same name always gives the same config (no file is read)."""
         if name not in PRESETS:
             raise ValueError(f"unknown DQAR preset {name!r}; known presets: {', '.join(PRESETS)}")
         fields = dict(PRESETS[name])
-        if name == "dqar" and Path(DEFAULT_CALIBRATION).is_file():  # the cache mode notebook 04 measured best
-            from .calibration import load_calibration
-
-            mode = load_calibration(DEFAULT_CALIBRATION)[1].get("recommended_mode")
-            if mode == "csb":
-                fields.update(cache_mode="csb", cache_calibration=str(DEFAULT_CALIBRATION))
-            elif mode in CACHE_MODES:
-                fields.update(cache_mode=mode)
         return dataclasses.replace(cls(**fields), **overrides)
 
     def replace(self, **changes) -> "DQARConfig":
@@ -158,8 +151,11 @@ PRESETS: dict[str, dict] = {
     # one gate at a time, for ablations
     "entropy": dict(use_snr_gate=False, use_schedule=False),
     "snr": dict(use_entropy_gate=False, use_schedule=False),
-    # entropy + SNR gates + layer schedule + INT8 cache, reusing whole blocks: the default
+    # entropy + SNR gates + layer schedule + INT8 cache, reusing whole blocks: the default. Its cache mode,
+    # int8_channel, is the one notebooks/04_quantization measures as recommended (it asserts that the two agree);
+    # the CSB cache is the "dqar_csb" preset, since it needs that notebook's calibration file.
     "dqar": dict(),
+    "dqar_csb": dict(cache_mode="csb", cache_calibration=str(DEFAULT_CACHE_CALIBRATION)),
     # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
     # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),

@@ -28,7 +28,7 @@ from diffusers.hooks import sea_cache as _sea
 from diffusers.hooks import taylorseer_cache as _ts
 from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
 
-from .sampling import SampleResult, make_scheduler, sample
+from ..models.sampling import SampleResult, make_scheduler, sample
 
 _ALPHA_BAR = make_scheduler("ddim").alphas_cumprod  # DiT's schedule, shared by both samplers (sampling.py)
 _DIT_SELF_ATTENTION = r"transformer_blocks\.\d+\.attn1"
@@ -255,7 +255,7 @@ def run_peer(model: torch.nn.Module, peer: Peer | str, labels, **sample_kwargs) 
 
 def peer_status(num_steps: int = 4) -> dict[str, str]:
     """Try every method (PEERS and UNRUNNABLE) on a tiny DiT with CFG: "ok", or the exception it raised."""
-    from .models import tiny_dit
+    from ..models.zoo import tiny_dit
 
     status = {}
     for name, factory in {**PEERS, **UNRUNNABLE}.items():

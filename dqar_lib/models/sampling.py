@@ -13,9 +13,9 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
-from .config import DQARConfig
-from .controller import DQARController
-from .hooks import apply_dqar, get_controller, remove_dqar
+from ..method.config import DQARConfig
+from ..method.controller import DQARController
+from ..method.hooks import apply_dqar, get_controller, remove_dqar
 
 SCHEDULERS = ("ddim", "dpm")
 # DiT's training schedule; the embedded model was trained with the same one.

@@ -13,6 +13,7 @@ from .config import DQARConfig
 from .host import HostValue, host_float
 from .schedule import layer_allowed, progress, schedule_depth
 from .stats import latent_norm, latent_snr, predicted_x0
+from .storage import load_csb_calibration
 
 TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason")
 
@@ -92,9 +93,7 @@ class DQARController:
         self.cache = ReuseCache(config.cache_budget_bytes)
         self.calibration = None
         if config.cache_mode == "csb":
-            from .calibration import load_calibration
-
-            self.calibration, _ = load_calibration(config.cache_calibration)
+            self.calibration, _ = load_csb_calibration(config.cache_calibration)
             kinds = ("k", "v") if config.granularity == "kv" else ("out",)
             missing = [(i, k) for i in range(self.num_layers) for k in kinds if (i, k) not in self.calibration]
             if missing:

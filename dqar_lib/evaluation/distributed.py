@@ -1,6 +1,6 @@
 """Sampling spread over processes with torchrun (one a GPU), as DiT's DDP sampler does; gloo on CPU.
 
-    torchrun --nproc_per_node=2 -m dqar_lib.distributed --model tiny --num-images 8 --steps 4 --out /tmp/x
+    torchrun --nproc_per_node=2 -m dqar_lib.evaluation.distributed --model tiny --num-images 8 --steps 4 --out /tmp/x
 
 (`--num-images`, not `--n`: torchrun's own parser takes `--n` for an abbreviation of its `--nnodes`.)
 
@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .artifacts import atomic_write, write_result
-from .sampling import sample
+from ..artifacts import write_result
+from ..method.files import atomic_write
+from ..models.sampling import sample
 
 SAMPLES, MANIFEST = "samples.pt", "samples.json"
 
@@ -124,8 +125,9 @@ def _write(out_dir: Path, labels: torch.Tensor, gathered: list[dict], params: di
 
 
 def main(argv: list[str] | None = None) -> Path | None:
-    """Command line: `torchrun --nproc_per_node=K -m dqar_lib.distributed --model tiny --num-images 8 --out DIR`."""
-    ap = argparse.ArgumentParser(prog="python -m dqar_lib.distributed", description=main.__doc__)
+    """Command line:
+    `torchrun --nproc_per_node=K -m dqar_lib.evaluation.distributed --model tiny --num-images 8 --out DIR`."""
+    ap = argparse.ArgumentParser(prog="python -m dqar_lib.evaluation.distributed", description=main.__doc__)
     ap.add_argument("--model", default=None, help='"tiny" (dqar_lib.tiny_dit()), a model path, or the default')
     ap.add_argument("--num-images", type=int, default=8, help="images; labels cycle through the classes")
     ap.add_argument("--steps", type=int, default=20)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--dqar", default=None, help="a DQAR preset name; none: full compute")
     ap.add_argument("--out", required=True, help="output folder for samples.pt and samples.json")
     a = ap.parse_args(argv)
-    from .models import load_model, tiny_dit
+    from ..models.zoo import load_model, tiny_dit
 
     model = tiny_dit() if a.model == "tiny" else load_model(a.model)
     if a.num_images < 1:

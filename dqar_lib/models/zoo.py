@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 
-from .artifacts import DATA
+from ..method.files import DEFAULT_MODEL
 
-DEFAULT_MODEL = DATA / "models" / "cifar10-dit"
 NUM_CLASSES = 10  # CIFAR-10; the null class for CFG is index 10
 
 

@@ -1,6 +1,6 @@
 """Real low-bit weights for the transformer blocks' linear layers through torchao, as a benchmark method.
 
-PTQ4DiT-style W8A8 in `dqar_lib.ptq` is fake quantization (fp weights rounded to the INT8 grid, fp matmuls):
+PTQ4DiT-style W8A8 in `dqar_lib.evaluation.ptq` is fake quantization (fp weights rounded to the INT8 grid, fp matmuls):
 it measures the quality cost of 8 bits, never their speed. `TorchaoPeer` runs real kernels instead:
 
     rows = bench_sampling(model, labels, {"full": None, "torchao int8": TorchaoPeer("int8_dynamic")})

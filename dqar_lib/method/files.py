@@ -1,0 +1,59 @@
+"""Where DQAR's files live and how they are written and read: every data path in one place, atomic writes,
+and torch files tagged with their format (the policy and the CSB cache calibration load through these)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA = REPO_ROOT / "data"
+DEFAULT_MODEL = DATA / "models" / "cifar10-dit"
+DEFAULT_CLASSIFIER = DATA / "models" / "cifar10-classifier" / "classifier.pt"
+DEFAULT_POLICY = DATA / "policy" / "policy.pt"
+DEFAULT_CACHE_CALIBRATION = DATA / "calibration" / "cache_calibration.pt"
+CIFAR10_ARCHIVE = DATA / "cifar10" / "cifar10-jpeg.tar.gz"
+# the notebooks' results, each a JSON with a manifest
+TRACES = DATA / "traces" / "traces.json"  # 03_traces
+QUANTIZATION_RESULTS = DATA / "calibration" / "quantization.json"  # 04_quantization
+POLICY_EVAL = DATA / "policy" / "policy_eval.json"  # 05_policy
+ABLATIONS = DATA / "results" / "ablations.json"  # 06_schedule_ablations
+GPU_RESULTS = DATA / "results" / "gpu"  # 07_gpu_benchmarks
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, mode: str = "w"):
+    """Write to a temporary file beside `path` and rename it into place: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_tagged(path: Path | str, fmt: str, what: str, weights_only: bool = False) -> dict:
+    """A torch-saved dict carrying `"format": fmt`; a missing, corrupt or foreign file is an error naming it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # pickle, zip and EOF errors name no file; say which
+        raise ValueError(f"{what} file {path} is corrupt or truncated: {e}") from None
+    tag = blob.get("format") if isinstance(blob, dict) else None
+    if tag != fmt:
+        raise ValueError(f"{path} is not a DQAR {what} file: format tag {tag!r}, expected {fmt!r}")
+    return blob

@@ -1,0 +1,1 @@
+"""The book's helpers: notebook parameters and glue, plots, the explorer widget."""
