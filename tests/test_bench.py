@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import time
@@ -130,11 +131,13 @@ def test_bench_compile_is_undone(dit):
     from torch._dynamo.utils import counters
 
     captured = counters["stats"]["calls_captured"]
-    rows = bench_sampling(dit, [0], {"full": None}, num_steps=2, guidance_scale=1.0, repeats=1, warmup=0,
-                          compile=True, compile_options=dict(backend="eager"), progress=False)
+    flag = torch._dynamo.config.skip_nnmodule_hook_guards
+    rows = bench_sampling(dit, [0], {"full": None, "dqar": "dqar"}, num_steps=2, guidance_scale=1.0, repeats=1,
+                          warmup=0, compile=True, compile_options=dict(backend="eager"), progress=False)
     assert rows[0]["compiled"] and rows[0]["flops_per_image"] == 2 * forward_flops(dit, 1)["total"]
     assert counters["stats"]["calls_captured"] > captured  # the blocks did run through torch.compile
     assert all(block._compiled_call_impl is None for block in dit.transformer_blocks)
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is flag  # the guard flag it turned off is back
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -142,13 +145,30 @@ def test_bench_compile_is_undone(dit):
     (dict(scheduler="euler"), "scheduler must be one of .*'euler'"),
     (dict(repeats=0), "repeats must be an integer >= 1, got 0"),
     (dict(num_steps=0), "num_steps must be a positive integer, got 0"),
-    (dict(configs={"x": 3}), "configs values must be a DQARConfig, a preset name, a peer or None; got {'x': 'int'}"),
-    (dict(configs={"x": "turbo"}), "unknown DQAR preset 'turbo'"),
+    (dict(configs={"x": 3}), r"configs values must be None, a preset name, a DQARConfig or a Method .*'x': .*"
+                             r"got 3 \(int\)"),
+    (dict(configs={"x": "turbo", "y": "off"}), "'x': unknown DQAR preset 'turbo'"),
 ])
 def test_bench_bad_arguments(dit, kwargs, message):
     args = dict(configs={"full": None}, num_steps=2, repeats=1, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
         bench_sampling(dit, [0], **args)
+
+
+def test_bench_runs_dqar_exactly_as_sample_does(dit):
+    """Each run is run_method; DQAR's latents are sample(dqar=...)'s, bit for bit (latent_rel_l2 of the same pair)."""
+    from dqar_lib import sample
+
+    configs = {"full": None, "always": "always",
+               "dqar": DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.0, cfg_share=True)}
+    rows = bench_sampling(dit, [0, 1], configs, num_steps=5, seed=2, repeats=1, warmup=0, progress=False)
+    full = sample(dit, [0, 1], num_steps=5, seed=2, progress=False).latents.float()
+    default = dataclasses.asdict(DQARConfig())
+    for row in rows[1:]:
+        res = sample(dit, [0, 1], num_steps=5, seed=2, dqar=configs[row["method"]], progress=False)
+        assert row["latent_rel_l2"] == ((res.latents.float() - full).norm() / full.norm()).item() > 0
+        assert row["reuse_fraction"] == res.stats["reuse_fraction"] > 0
+        assert row["config"] == {k: v for k, v in dataclasses.asdict(res.controller.config).items() if v != default[k]}
 
 
 def test_write_bench_refuses_no_rows(tmp_path):

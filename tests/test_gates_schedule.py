@@ -4,7 +4,7 @@ import pytest
 
 from dqar_lib.method import gates
 from dqar_lib.method.config import DQARConfig
-from dqar_lib.method.controller import StepView, decide
+from dqar_lib.method.rule import StepView, decide
 from dqar_lib.method.schedule import layer_allowed, progress, schedule_depth, schedule_mask, static_plan
 
 

@@ -12,20 +12,19 @@ def _out(model, inputs):
 
 
 @pytest.mark.parametrize("mode", ["int8_weight_only", "int8_dynamic"])
-def test_torchao_peer_quantizes_and_restores_exactly(mode):
+def test_torchao_peer_quantizes(mode):
+    """Real torchao tensors, a small error; attach, removal and bit-identity are tests/test_contract.py's."""
     torch.manual_seed(0)
     model, inputs = tiny_dit(), dit_inputs(t=500, batch=2)
     ref = _out(model, inputs)
     peer = TorchaoPeer(mode)
     peer.prepare(model, [0])
-    assert torch.equal(_out(model, inputs), ref)  # prepare leaves the model alone
     peer.apply(model)
     q = _out(model, inputs)
     err = ((q - ref).norm() / ref.norm()).item()
     assert 0 < err < 0.1  # really quantized, and still close
     assert all(type(m.weight.data) is not torch.Tensor for m in block_linears(model).values())  # torchao tensors
     peer.remove(model)
-    assert torch.equal(_out(model, inputs), ref)  # bit-identical again
 
 
 def test_torchao_peer_rejects_bad_use():

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from dqar_lib import sample, tiny_dit
-from dqar_lib.evaluation.peers import PEERS, UNRUNNABLE, flow_sigma, get_peer, peer_status, run_peer
+from dqar_lib.evaluation.methods import run_method
+from dqar_lib.evaluation.peers import PEERS, UNRUNNABLE, flow_sigma, get_peer, peer_status
 
 LABELS, STEPS = [1, 2], 8  # guidance 1.5 (tiny_dit's default): one CFG batch of 4 per step
 # Settings that make each method skip on the random tiny DiT in 8 steps (fbc/seacache defaults never fire there).
@@ -29,7 +30,7 @@ class Counter:
 
 def run(model, peer=None):
     kw = dict(num_steps=STEPS, progress=False)
-    return (run_peer(model, peer, LABELS, **kw) if peer else sample(model, LABELS, **kw)).latents
+    return (run_method(model, peer, LABELS, **kw) if peer else sample(model, LABELS, **kw)).latents
 
 
 def clean(model) -> bool:
@@ -42,24 +43,23 @@ def test_every_skipping_setting_is_listed():
 
 
 @pytest.mark.parametrize("name", sorted(SKIPPING))
-def test_peer_skips_work_resets_and_removes_exactly(name):
+def test_peer_skips_work_and_resets(name):
+    """Attention (and, for block caches, feed-forward) calls are skipped; a second run repeats the first.
+    Attach, removal and bit-identity are tests/test_contract.py's."""
     model = tiny_dit()
     with Counter(model) as full:
-        ref = run(model)
+        run(model)
     peer = get_peer(name, **SKIPPING[name])
     first = run(model, peer)  # magcache calibrates here, once
     with Counter(model) as cut:
         second = run(model, peer)
     assert torch.equal(first, second), "state leaked from one run into the next"
-    assert not torch.equal(first, ref), "the peer changed nothing"
     assert cut["model"] == full["model"] == STEPS
     assert cut["attn"] < full["attn"] == STEPS * len(model.transformer_blocks)
     if name in SKIPS_BLOCKS:
         assert cut["ff"] < full["ff"]
     else:
         assert cut["ff"] == full["ff"]
-    assert clean(model)
-    assert torch.equal(run(model), ref)
 
 
 @pytest.mark.parametrize("name", sorted(SKIPPING))
@@ -73,7 +73,7 @@ def test_first_step_resets_state_when_applied_once(name):
                 for _ in range(2)]
     finally:
         peer.remove(model)
-    assert torch.equal(*outs) and clean(model)
+    assert torch.equal(*outs)
 
 
 def test_failing_attach_is_undone():
@@ -105,20 +105,11 @@ def test_failed_run_still_removes_the_hooks():
     assert clean(model) and torch.equal(run(model), ref)
 
 
-def test_apply_twice_is_an_error():
-    model, peer = tiny_dit(), get_peer("pab")
-    peer.apply(model)
-    with pytest.raises(RuntimeError, match="already applied"):
-        peer.apply(model)
-    peer.remove(model)
-    assert clean(model)
-
-
 def test_unknown_names_list_the_known_peers():
     with pytest.raises(ValueError, match="known peers.*pab"):
         get_peer("teacache")
-    with pytest.raises(ValueError, match="known peers"):
-        run_peer(tiny_dit(), "nope", LABELS, num_steps=2)
+    with pytest.raises(ValueError, match="unknown DQAR preset 'pab'.*get_peer"):  # run_method takes peer objects
+        run_method(tiny_dit(), "pab", LABELS, num_steps=2)
 
 
 def test_flow_sigma_is_in_unit_interval_and_increasing():

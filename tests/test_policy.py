@@ -3,8 +3,9 @@ import torch
 from conftest import dit_inputs, run_steps
 
 from dqar_lib import DQARConfig, apply_dqar
+from dqar_lib.fitting.policy_fit import trace_features, train_policy
 from dqar_lib.fitting.tracing import record_trace
-from dqar_lib.method.policy import ReusePolicy, load_policy, save_policy, trace_features, train_policy
+from dqar_lib.method.policy import ReusePolicy, load_policy, save_policy
 
 
 def test_policy_is_small():

@@ -42,20 +42,14 @@ def calib_run():
     return sampling_run(labels=(0, 1, 2, 3), num_steps=4)
 
 
-def test_w8a8_changes_outputs_slightly_and_remove_restores_exactly(dit, calib_run):
+def test_w8a8_changes_outputs_slightly(dit, calib_run):
+    """The error W8A8 costs; attach, removal and bit-identity are tests/test_contract.py's (W8A8Peer)."""
     ref = run_steps(dit, dit_inputs)
-    params = {n: p for n, p in dit.named_parameters()}
     handle = apply_w8a8(dit, calib_run)
     assert len(handle.layers) == len(block_linears(dit)) == 27  # 9 per block
     err = max_rel(run_steps(dit, dit_inputs), ref)
     assert 1e-4 < err < W8A8_BOUND
-    with pytest.raises(RuntimeError, match="already applied"):
-        apply_w8a8(dit, calib_run)
-    assert remove_w8a8(dit) is handle
-    assert all(torch.equal(a, b) for a, b in zip(run_steps(dit, dit_inputs), ref))
-    assert all(p is params[n] for n, p in dit.named_parameters())
-    assert not any(m._forward_pre_hooks for m in dit.modules())
-    assert remove_w8a8(dit) is None
+    assert remove_w8a8(dit) is handle and remove_w8a8(dit) is None
 
 
 @pytest.mark.parametrize("use_ssc", [False, True])

@@ -59,10 +59,29 @@ def test_int8_roundtrip_error_bounds(shape, seed, mag):
     assert roundtrip_error(x, "int8_tensor") <= 0.5 * amax / QMAX * (1 + 1e-5) + 1e-12
     # per-channel: at most half a step of that channel's own scale, never worse than per-tensor
     q = quantize(x, "int8_channel")
+    assert q.scale.shape == (shape[-1],)  # one scale per channel of the last dim
     err = (dequantize(q) - x).abs().reshape(-1, shape[-1]).amax(0)
     assert torch.all(err <= 0.5 * q.scale * (1 + 1e-5) + 1e-12)
     assert roundtrip_error(x, "fp32") == 0.0
     assert roundtrip_error(x, "fp16") <= amax * 2**-10
+
+
+def test_int8_channel_scales_each_channel_of_the_last_dim():
+    """One scale per channel of the last dim, (C,): a few outlier channels no longer coarsen the others' grid."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, 32, generator=g)  # (B, N, C)
+    outliers = [3, 17]
+    x[..., outliers] *= 100.0
+    per_channel, per_tensor = quantize(x, "int8_channel"), quantize(x, "int8_tensor")
+    assert per_channel.scale.shape == (32,) and per_tensor.scale.shape == ()
+    assert torch.allclose(per_channel.scale, x.abs().amax((0, 1)) / QMAX)
+
+    def rel(q, channels=slice(None)):
+        return float((dequantize(q) - x)[..., channels].norm() / x[..., channels].norm())
+
+    assert rel(per_channel) < 0.5 * rel(per_tensor)
+    normal = [c for c in range(32) if c not in outliers]
+    assert rel(per_channel, normal) < 0.1 * rel(per_tensor, normal)
 
 
 def test_int8_storage_is_a_quarter_of_fp32():

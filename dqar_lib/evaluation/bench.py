@@ -3,13 +3,14 @@
     rows = bench_sampling(model, labels, {"full": None, "dqar": DQARConfig()}, num_steps=20)
     write_bench("data/results/bench.json", rows, params)
 
+A method is anything `dqar_lib.evaluation.methods.as_method` takes (None, a preset name, a DQARConfig, a
+Method such as a diffusers peer); each run is one `run_method` call, timed around its sampling call only.
 Every method runs in one process on the same seed, labels, steps and scheduler; repeats are interleaved
 round-robin so that machine noise falls on all methods alike. Speedups are ratios to the first method.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -19,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..artifacts import write_result
-from ..method.config import DQARConfig
-from ..models.sampling import SCHEDULERS, conditioning, default_guidance, sample
+from ..models.sampling import SCHEDULERS, conditioning, default_guidance
 from .flops import attention_ceiling, dqar_flops, forward_flops
+from .methods import DQARMethod, Method, as_method, run_method
 from .metrics import psnr, ssim
 
 
@@ -79,13 +80,18 @@ def time_fn(fn: Callable, warmup: int = 2, repeats: int = 5, device=None) -> dic
     return out
 
 
-def _resolve(cfg):
-    return DQARConfig.preset(cfg) if isinstance(cfg, str) else cfg
-
-
-def _is_runner(m) -> bool:
-    """A peer method (peers.Peer, ptq.W8A8Peer): prepare / apply / remove / step_callback."""
-    return all(hasattr(m, a) for a in ("prepare", "apply", "remove", "step_callback"))
+def _methods(configs: dict) -> dict[str, Method | None]:
+    """`as_method` of every value; the bad ones named together in one ValueError."""
+    methods, bad = {}, {}
+    for name, value in configs.items():
+        try:
+            methods[name] = as_method(value)
+        except ValueError as e:
+            bad[name] = str(e)
+    if bad:
+        raise ValueError("configs values must be None, a preset name, a DQARConfig or a Method (e.g. a peer): "
+                         + "; ".join(f"{k!r}: {v}" for k, v in bad.items()))
+    return methods
 
 
 class _CallCounter:
@@ -120,38 +126,40 @@ def _set_block_compile(blocks, compiled) -> None:
         block._compiled_call_impl = compiled[i] if compiled is not None else None
 
 
-def _run(model, method, kwargs: dict, dev, blocks=(), compiled=None, compile_options=None):
-    """Time one sampling call of a method; a peer is applied before and removed after, outside the timing.
+def _run(model, method: Method | None, labels, kwargs: dict, dev, blocks=(), compiled=None, compile_options=None):
+    """Time one sampling call of a prepared method (`run_method`); apply and remove stay outside the timing.
 
     Compiled runs: full compute and peers run with whole blocks compiled; DQAR compiles only its compute
-    paths (regional compile in apply_dqar), so its Python decisions never enter a graph.
+    paths (regional compile in apply_dqar), so its Python decisions never enter a graph. A method other than
+    DQAR reports no reuse of its own: its skipped attention and feed-forward calls are counted instead.
     """
-    if isinstance(method, DQARConfig):
-        _set_block_compile(blocks, None)
-        c = dict(compile=True, compile_options=compile_options) if compiled is not None else {}
-        return _time_once(lambda: sample(model, dqar=method, **c, **kwargs), dev)
-    _set_block_compile(blocks, compiled)
+    dqar = isinstance(method, DQARMethod)
+    _set_block_compile(blocks, None if dqar else compiled)
+    extra = dict(compile=True, compile_options=compile_options) if dqar and compiled is not None else {}
+    ms = []
+
+    def timed(run):
+        counter = _CallCounter(model) if method is not None and not dqar else None
+        try:
+            t, res = _time_once(run, dev)
+        finally:
+            counted = counter.stats(kwargs["num_steps"]) if counter is not None else None
+        if counted is not None:
+            res.stats = counted
+        ms.append(t)
+        return res
+
+    res = run_method(model, method, labels, prepare=False, around=timed, **extra, **kwargs)
+    return ms[0], res
+
+
+def _changed_fields(method: Method | None) -> dict | None:
+    """DQAR: the config's fields that differ from DQARConfig's defaults; a peer: its name and params; full: None."""
     if method is None:
-        return _time_once(lambda: sample(model, **kwargs), dev)
-    method.apply(model)
-    counter = _CallCounter(model)
-    try:
-        ms, res = _time_once(lambda: sample(model, step_callback=method.step_callback, **kwargs), dev)
-    finally:
-        method.remove(model)
-        res_stats = counter.stats(kwargs["num_steps"])
-    res.stats = res_stats
-    return ms, res
-
-
-def _changed_fields(cfg) -> dict | None:
-    """The fields of a config that differ from DQARConfig's defaults (None for full compute; a peer's params)."""
-    if cfg is None:
         return None
-    if _is_runner(cfg):
-        return {"peer": getattr(cfg, "name", type(cfg).__name__), **getattr(cfg, "params", {})}
-    now, default = dataclasses.asdict(cfg), dataclasses.asdict(DQARConfig())
-    return {k: v for k, v in now.items() if v != default[k]}
+    if isinstance(method, DQARMethod):
+        return dict(method.params)
+    return {"peer": method.name, **method.params}
 
 
 def _transformer_blocks(model) -> list[torch.nn.Module]:
@@ -161,11 +169,11 @@ def _transformer_blocks(model) -> list[torch.nn.Module]:
     return list(blocks)
 
 
-def _run_flops(model, batch: int, cfg, stats: dict, text_tokens: int | None = None) -> float:
+def _run_flops(model, batch: int, method: Method | None, stats: dict, text_tokens: int | None = None) -> float:
     """Analytic FLOPs of one forward as it ran: per-layer reuse fractions and CFG sharing from the controller."""
-    if cfg is None or not stats:
+    if method is None or not stats:
         return float(forward_flops(model, batch, text_tokens)["total"])
-    if _is_runner(cfg):  # peers: skipped attention and skipped feed-forward calls, counted
+    if not isinstance(method, DQARMethod):  # peers: skipped attention and skipped feed-forward calls, counted
         parts, L = forward_flops(model, batch, text_tokens), model.config.num_layers
         steps = stats["per_layer_reuse"][0] + stats["per_layer_compute"][0]
         attn = (parts["attn_qkv"] + parts["attn_out"] + parts["attn_core"]) / L
@@ -175,7 +183,7 @@ def _run_flops(model, batch: int, cfg, stats: dict, text_tokens: int | None = No
     calls = [r + c for r, c in zip(reused, computed)]
     frac = [r / n if n else 0.0 for r, n in zip(reused, calls)]
     shared = stats.get("cfg_shared", 0) / sum(calls) if sum(calls) else 0.0
-    return float(dqar_flops(model, batch, frac, cfg.granularity, text_tokens, cfg_shared=shared))
+    return float(dqar_flops(model, batch, frac, method.config.granularity, text_tokens, cfg_shared=shared))
 
 
 def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int = 20, scheduler: str = "ddim",
@@ -183,8 +191,8 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
                    compile: bool = False, compile_options: dict | None = None, progress: bool = True,
                    prompt_embeds: torch.Tensor | None = None) -> list[dict]:
     """Time `dqar_lib.sample` for each named method: a DQARConfig, a preset name, None for full compute, or a
-    peer (dqar_lib.evaluation.peers.PEERS[...](), dqar_lib.evaluation.ptq.W8A8Peer()), prepared once and applied
-    per run.
+    Method (dqar_lib.evaluation.methods; e.g. dqar_lib.evaluation.peers.PEERS[...](),
+    dqar_lib.evaluation.ptq.W8A8Peer()), prepared once and applied per run.
 
     Each method runs `warmup` untimed and `repeats` timed samplings, interleaved round-robin. One row per
     method: times (whole sampling call; median, spread, per image, per step), speedup against the first
@@ -193,7 +201,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     A PixArt-style model takes `prompt_embeds` (N, T, caption_channels) instead of labels (pass labels=None).
     `compile=True`: full compute and peers run with each transformer block compiled
     (`block.compile(**compile_options)`), DQAR with its compute paths compiled on their own
-    (`apply_dqar(compile=True)`); undone afterwards.
+    (`apply_dqar(compile=True)`); undone afterwards, torch._dynamo's skip_nnmodule_hook_guards included.
     """
     if not configs:
         raise ValueError(f"configs must name at least one method, got {configs!r}")
@@ -202,40 +210,37 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     if not isinstance(num_steps, int) or num_steps <= 0:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     _check_counts(warmup, repeats)
-    methods = {name: _resolve(cfg) for name, cfg in configs.items()}
-    bad = {k: type(v).__name__ for k, v in methods.items()
-           if v is not None and not isinstance(v, DQARConfig) and not _is_runner(v)}
-    if bad:
-        raise ValueError(f"configs values must be a DQARConfig, a preset name, a peer or None; got {bad}")
+    methods = _methods(configs)
     guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
     n, _ = conditioning(model, labels, prompt_embeds, cfg=False)  # checks the conditioning before any run
     text_tokens = None if prompt_embeds is None else prompt_embeds.shape[1]
     dev = next(model.parameters()).device
-    kwargs = dict(class_labels=labels, num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler,
-                  progress=False)
+    kwargs = dict(num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler)
     if prompt_embeds is not None:
         kwargs["prompt_embeds"] = prompt_embeds
-    for m in methods.values():
-        if _is_runner(m):
-            m.prepare(model, labels, **{k: v for k, v in kwargs.items() if k not in ("class_labels", "progress")})
+    for method in methods.values():
+        if method is not None:
+            method.prepare(model, labels, **kwargs)
+    kwargs["progress"] = False
     blocks = _transformer_blocks(model) if compile else []
-    if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
-        torch._dynamo.config.skip_nnmodule_hook_guards = False
-    for block in blocks:
-        block.compile(**(compile_options or {}))
-    compiled = [block._compiled_call_impl for block in blocks] if compile else None
     times = {name: [] for name in methods}
     results = {}
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
     peak = dict.fromkeys(methods)
+    skip_hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
     try:
+        if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+        for block in blocks:
+            block.compile(**(compile_options or {}))
+        compiled = [block._compiled_call_impl for block in blocks] if compile else None
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         bar = tqdm(total=(warmup + repeats) * len(methods), desc="bench", disable=not progress, leave=False)
         for r in range(warmup + repeats):
-            for name, cfg in methods.items():
+            for name, method in methods.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
-                ms, results[name] = _run(model, cfg, kwargs, dev, blocks, compiled, compile_options)
+                ms, results[name] = _run(model, method, labels, kwargs, dev, blocks, compiled, compile_options)
                 if r >= warmup:
                     times[name].append(ms)
                     if dev.type == "cuda":
@@ -245,6 +250,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     finally:
         for block in blocks:
             block._compiled_call_impl = None  # undo nn.Module.compile()
+        torch._dynamo.config.skip_nnmodule_hook_guards = skip_hook_guards
     return _rows(model, n, methods, times, results, peak, num_steps, guidance, compile, text_tokens)
 
 
@@ -256,13 +262,13 @@ def _rows(model, n, methods, times, results, peak, num_steps, guidance, compiled
     base_flops = None
     ceiling = attention_ceiling(model, batch, text_tokens)
     rows = []
-    for name, cfg in methods.items():
+    for name, method in methods.items():
         res, s = results[name], _summary(times[name])
-        flops = num_steps * _run_flops(model, batch, cfg, res.stats, text_tokens) / n
+        flops = num_steps * _run_flops(model, batch, method, res.stats, text_tokens) / n
         base_flops = flops if base_flops is None else base_flops
         same = res.images is not None and base.images is not None
         rows.append(dict(
-            method=name, baseline=base_name, config=_changed_fields(cfg), compiled=compiled,
+            method=name, baseline=base_name, config=_changed_fields(method), compiled=compiled,
             images=n, steps=num_steps, **s, ms_per_image=s["median_ms"] / n, ms_per_step=s["median_ms"] / num_steps,
             speedup=base_ms / s["median_ms"], reuse_fraction=res.stats.get("reuse_fraction", 0.0),
             flops_per_image=flops, flops_ratio=base_flops / flops, attention_ceiling=ceiling,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-GRANULARITIES = ("attn", "kv", "block")
+from ..method.config import GRANULARITIES
+
 _TIME_FREQS = 256  # diffusers' sinusoidal timestep features, projected by TimestepEmbedding (256 -> D -> D)
 
 

@@ -18,8 +18,11 @@ import copy
 import torch
 from torch import nn
 
+from .methods import Method
+
 MODES = ("int8_weight_only", "int8_dynamic", "float8_dynamic")
 SCOPE = "transformer_blocks"  # only the blocks' linears: embeddings, adaLN-single and the final layer stay as they are
+_ATTR = "_dqar_torchao"  # set on a model while a TorchaoPeer is applied to it
 
 
 def _config(mode: str):
@@ -55,31 +58,42 @@ def quantized_weights(model: nn.Module, mode: str) -> dict[str, nn.Parameter]:
     return {n: m.weight for n, m in block_linears(twin).items()}
 
 
-class TorchaoPeer:
-    """torchao low-bit weights as a benchmark method: `prepare` quantizes once, `apply` / `remove` swap weights."""
+class TorchaoPeer(Method):
+    """torchao low-bit weights as a benchmark method: `prepare` quantizes once, `apply` / `remove` swap weights.
+
+    A second `apply` onto a model that holds torchao weights (this instance's or another's) is a RuntimeError."""
 
     def __init__(self, mode: str = "int8_dynamic"):
         if mode not in MODES:
             raise ValueError(f"torchao mode {mode!r} is unknown; expected one of {MODES}")
         self.name, self.params = f"torchao_{mode}", dict(mode=mode)
-        self.step_callback = None
         self._quantized: dict[str, nn.Parameter] | None = None
         self._original: dict[str, nn.Parameter] = {}
 
     def prepare(self, model: nn.Module, labels=None, **sample_kwargs) -> None:
+        """Quantize the blocks' linear weights once, on a copy of the model."""
         self._quantized = quantized_weights(model, self.params["mode"])
 
     def apply(self, model: nn.Module) -> None:
+        """Swap the quantized weights in, keeping the originals."""
         if self._quantized is None:
             raise RuntimeError("TorchaoPeer.prepare(model, labels) must run before apply")
+        if getattr(model, _ATTR, None) is not None:
+            raise RuntimeError(f"torchao weights are already applied to this {type(model).__name__} "
+                               f"({getattr(model, _ATTR).name}); call remove first")
         linears = block_linears(model)
         if set(linears) != set(self._quantized):
             raise ValueError("TorchaoPeer was prepared on another model: its quantized layers do not match")
         for n, lin in linears.items():
             self._original[n] = lin.weight
             lin.weight = self._quantized[n]
+        setattr(model, _ATTR, self)
 
     def remove(self, model: nn.Module) -> None:
+        """Put the original Parameter objects back (a no-op unless this peer is applied to `model`)."""
+        if getattr(model, _ATTR, None) is not self:
+            return
         for n, lin in block_linears(model).items():
             if n in self._original:
                 lin.weight = self._original.pop(n)
+        delattr(model, _ATTR)

@@ -1,7 +1,9 @@
 """diffusers' own cache methods as DQAR's peers: attach to a DiT, drive from `sample`, remove exactly.
 
     peer = PEERS["pab"]()
-    res = run_peer(model, peer, labels, num_steps=20)   # prepare, apply, sample(step_callback=...), remove
+    res = run_method(model, peer, labels, num_steps=20)   # prepare, apply, sample(step_callback=...), remove
+
+A Peer is a `dqar_lib.evaluation.methods.Method`, so `run_method` and `bench_sampling` run it like DQAR.
 
 A Peer feeds its hooks what a diffusers pipeline would: the current timestep and, around each model call, a
 `CacheContext` (step index, step count, timestep, sigma). DiT is no `CacheMixin`, so the context is set the way
@@ -28,7 +30,8 @@ from diffusers.hooks import sea_cache as _sea
 from diffusers.hooks import taylorseer_cache as _ts
 from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
 
-from ..models.sampling import SampleResult, make_scheduler, sample
+from ..models.sampling import make_scheduler, sample
+from .methods import Method, run_method
 
 _ALPHA_BAR = make_scheduler("ddim").alphas_cumprod  # DiT's schedule, shared by both samplers (sampling.py)
 _DIT_SELF_ATTENTION = r"transformer_blocks\.\d+\.attn1"
@@ -43,9 +46,12 @@ def flow_sigma(t) -> float:
 
 
 @dataclass
-class Peer:
+class Peer(Method):
     """One diffusers cache method: `make_config(peer)` builds its config, `attach(model, config)` applies it,
-    `hooks` are the hook names it registers (removed by name). `params` records the settings for reports."""
+    `hooks` are the hook names it registers (removed by name). `params` records the settings for reports.
+
+    A second `apply` while applied, or onto a model that already holds one of its hook names (another instance
+    of the same peer), is a RuntimeError that leaves the attached one working."""
 
     name: str
     make_config: Callable
@@ -65,6 +71,10 @@ class Peer:
         """Attach the hooks (all or none: a failing attach is undone)."""
         if self._model is not None:
             raise RuntimeError(f"peer {self.name!r} is already applied; call remove first")
+        taken = {h for m in model.modules() if hasattr(m, "_diffusers_hook") for h in m._diffusers_hook.hooks}
+        if taken & set(self.hooks):
+            raise RuntimeError(f"peer {self.name!r}: the model already holds its diffusers hooks "
+                               f"{sorted(taken & set(self.hooks))}; remove the method that attached them first")
         self._model = model
         self._before = {id(m) for m in model.modules() if hasattr(m, "_diffusers_hook") or "forward" in vars(m)}
         try:
@@ -132,7 +142,7 @@ def calibrate_magcache(model, labels, seed: int = 0, **sample_kwargs) -> list[fl
                 _mag.apply_mag_cache, (_mag._MAG_CACHE_LEADER_BLOCK_HOOK, _mag._MAG_CACHE_BLOCK_HOOK))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        run_peer(model, peer, labels, seed=seed + 1, **sample_kwargs)
+        run_method(model, peer, labels, seed=seed + 1, **sample_kwargs)
     lists = [line for line in out.getvalue().splitlines() if line.startswith("[") and line.endswith("]")]
     if not lists:
         raise RuntimeError(f"MagCache calibration printed no ratios; its output was: {out.getvalue()!r}")
@@ -240,19 +250,6 @@ def get_peer(name: str, **params) -> Peer:
     return PEERS[name](**params)
 
 
-def run_peer(model: torch.nn.Module, peer: Peer | str, labels, **sample_kwargs) -> SampleResult:
-    """Sample with `peer` attached (a Peer or a PEERS name), removing it afterwards even on error."""
-    peer = get_peer(peer) if isinstance(peer, str) else peer
-    if "dqar" in sample_kwargs or "step_callback" in sample_kwargs:
-        raise ValueError("run_peer sets step_callback itself and does not combine peers with dqar")
-    peer.prepare(model, labels, **sample_kwargs)
-    peer.apply(model)
-    try:
-        return sample(model, labels, step_callback=peer.step_callback, **sample_kwargs)
-    finally:
-        peer.remove(model)
-
-
 def peer_status(num_steps: int = 4) -> dict[str, str]:
     """Try every method (PEERS and UNRUNNABLE) on a tiny DiT with CFG: "ok", or the exception it raised."""
     from ..models.zoo import tiny_dit
@@ -260,7 +257,7 @@ def peer_status(num_steps: int = 4) -> dict[str, str]:
     status = {}
     for name, factory in {**PEERS, **UNRUNNABLE}.items():
         try:
-            run_peer(tiny_dit(), factory(), [1, 2], num_steps=num_steps, guidance_scale=1.5, progress=False)
+            run_method(tiny_dit(), factory(), [1, 2], num_steps=num_steps, guidance_scale=1.5, progress=False)
             status[name] = "ok"
         except Exception as e:  # the reason is the result
             status[name] = f"{type(e).__name__}: {e}"

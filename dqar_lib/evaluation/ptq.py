@@ -23,6 +23,7 @@ from torch import nn
 
 from ..fitting.cache_fit import salience, ssc_weights
 from ..method.quant import QMAX, dequantize, quantize
+from .methods import Method
 
 _ATTR = "_dqar_w8a8"
 SCOPE = "transformer_blocks"
@@ -166,26 +167,33 @@ def remove_w8a8(model: nn.Module) -> W8A8Handle | None:
     return handle
 
 
-class W8A8Peer:
-    """PTQ4DiT-style W8A8 as a benchmark method: `prepare` calibrates once, `apply` / `remove` per run."""
+class W8A8Peer(Method):
+    """PTQ4DiT-style W8A8 as a benchmark method: `prepare` calibrates once, `apply` / `remove` per run.
+
+    A second `apply` onto a model that holds W8A8 (this instance's or another's) is a RuntimeError."""
 
     def __init__(self, use_csb: bool = True, alpha: float = 0.5, use_ssc: bool = True, calib_steps: int = 10):
         self.name = "w8a8" + ("_csb" if use_csb else "")
         self.params = dict(use_csb=use_csb, alpha=alpha, use_ssc=use_ssc, calib_steps=calib_steps)
         self._salience = None
-        self.step_callback = None
+        self._handle: W8A8Handle | None = None
 
     def prepare(self, model, labels, **sample_kwargs) -> None:
+        """Collect the activation salience on `calib_steps` steps of a run on seed + 1 (full precision)."""
         seed = sample_kwargs.get("seed", 0) + 1  # calibrate on another seed than the one measured
         run = sampling_run(labels=tuple(int(c) for c in labels), num_steps=self.params["calib_steps"], seeds=(seed,),
                            guidance_scale=sample_kwargs.get("guidance_scale"))
         self._salience = collect_activation_salience(model, run)
 
     def apply(self, model: nn.Module) -> None:
+        """`apply_w8a8` with the prepared salience."""
         if self._salience is None:
             raise RuntimeError("W8A8Peer.prepare(model, labels) must run before apply")
         p = self.params
-        apply_w8a8(model, self._salience, use_csb=p["use_csb"], alpha=p["alpha"], use_ssc=p["use_ssc"])
+        self._handle = apply_w8a8(model, self._salience, use_csb=p["use_csb"], alpha=p["alpha"], use_ssc=p["use_ssc"])
 
     def remove(self, model: nn.Module) -> None:
-        remove_w8a8(model)
+        """Undo this peer's `apply_w8a8`: the original weights back, no hooks (a no-op unless applied to `model`)."""
+        if self._handle is not None and getattr(model, _ATTR, None) is self._handle:
+            remove_w8a8(model)
+        self._handle = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import torch
 
 from ..method.config import DQARConfig
-from ..method.controller import StepView, advance_post_warmup, decide
+from ..method.policy import ReusePolicy, load_policy, policy_features
+from ..method.rule import RuleState
 from ..method.schedule import progress
 from .tracing import gate_thresholds
 
@@ -25,11 +27,15 @@ def runs(rows: list[dict]) -> dict[tuple, list[dict]]:
     return out
 
 
-def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 1000) -> np.ndarray:
+def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 1000, policy: ReusePolicy | None = None,
+           prompt_length: int | None = None) -> np.ndarray:
     """(steps, layers) bool plan that `cfg` makes on one traced run, decided exactly as the controller does.
 
-    The trace holds the statistics each decision saw (one step late), so the replay is exact while the
-    cache holds a valid entry for every layer that may reuse (no byte budget, no invalidation).
+    The rows step the controller's own `RuleState` (dqar_lib.method.rule) with the statistics each decision
+    saw (one step late), so the replay is exact while the cache holds a valid entry for every layer that may
+    reuse (no byte budget, no invalidation); the one step with nothing cached is the first. For a policy
+    config, `policy` (a ReusePolicy; loaded from cfg.policy_path when None) gives p_reuse from the rows.
+    `prompt_length` is the p of tau(p) the run used (None for class labels).
     """
     if not run_rows:
         raise ValueError("replay needs the rows of one traced run; got none")
@@ -40,17 +46,26 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
         raise ValueError(f"a traced run has {len(run_rows)} rows over {len(by)} (step, layer) pairs, expected one "
                          f"row for each of {S} x {L}: "
                          "pass the rows of one run (see `runs`)")
+    if cfg.enabled and cfg.use_policy and policy is None:
+        policy = load_policy(cfg.policy_path)
     plan = np.zeros((S, L), dtype=bool)
-    streak, post = [0] * L, None
+    state = RuleState(L)
     for s in range(S):
-        sp = progress(by[(s, 0)]["t"], num_train_timesteps)
-        post = advance_post_warmup(post, s, sp, cfg.warmup)
-        for i in range(L):
-            r = by[(s, i)]
-            ok = s > 0 and decide(cfg, StepView(s, sp, i, L, r["H_t"], r["SNR_t"], streak[i], post))[0]
-            plan[s, i] = ok
-            streak[i] = streak[i] + 1 if ok else 0
+        rows = [by[(s, i)] for i in range(L)]
+        sp = progress(rows[0]["t"], num_train_timesteps)
+        state.advance(sp, cfg.warmup)
+        H, snr = [r["H_t"] for r in rows], rows[0]["SNR_t"]
+        p = _policy_probs(policy, H, snr, rows[0]["x_norm"], sp) if cfg.use_policy and policy is not None else None
+        for i, (ok, _) in enumerate(state.plan(cfg, sp, H, snr, p, prompt_length)):
+            plan[s, i] = ok and s > 0  # nothing is cached before the first step
+            state.record(i, bool(plan[s, i]))
     return plan
+
+
+def _policy_probs(policy: ReusePolicy, H: list, snr: float | None, x_norm: float | None, s: float) -> list[float]:
+    """p_reuse of every layer at one step, from the features the controller builds at decision time."""
+    with torch.no_grad():
+        return policy(policy_features(H, snr, x_norm, s, len(H))).tolist()
 
 
 def drift_cost(run_rows: list[dict], plan: np.ndarray) -> np.ndarray:

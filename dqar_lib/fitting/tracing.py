@@ -138,7 +138,7 @@ def stored_traces(scheduler: str | None = None) -> list[dict]:
     """The rows of the committed traces (data/traces/traces.json, written by notebook 03), optionally of one
     scheduler's runs only."""
     from ..artifacts import read_result
-    from ..method.files import DATA
+    from ..method.files import TRACES
 
-    rows = read_result(DATA / "traces" / "traces.json")["result"]["rows"]
+    rows = read_result(TRACES)["result"]["rows"]
     return rows if scheduler is None else [r for r in rows if r["scheduler"] == scheduler]

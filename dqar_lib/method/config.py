@@ -153,9 +153,10 @@ PRESETS: dict[str, dict] = {
     "snr": dict(use_entropy_gate=False, use_schedule=False),
     # entropy + SNR gates + layer schedule + INT8 cache, reusing whole blocks: the default. Its cache mode,
     # int8_channel, is the one notebooks/04_quantization measures as recommended (it asserts that the two agree);
-    # the CSB cache is the "dqar_csb" preset, since it needs that notebook's calibration file.
+    # the CSB cache is the "dqar_csb" preset (attention outputs, which that notebook calibrates), since it needs
+    # the calibration file notebooks/04_quantization fits.
     "dqar": dict(),
-    "dqar_csb": dict(cache_mode="csb", cache_calibration=str(DEFAULT_CACHE_CALIBRATION)),
+    "dqar_csb": dict(cache_mode="csb", cache_calibration=str(DEFAULT_CACHE_CALIBRATION), granularity="attn"),
     # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
     # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),

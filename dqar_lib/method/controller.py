@@ -1,78 +1,25 @@
-"""The controller: owns the per-step state, plans each step's reuse as plain bools, keeps the trace."""
+"""The controller: owns the per-step state, plans each step's reuse as plain bools, keeps the trace.
+
+The rule itself (which layer may reuse, and whether a fresh output is worth storing) lives in `rule`;
+the controller steps a `rule.RuleState` with the host numbers it measured and records what each layer did.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
-from . import gates
 from .cache import ReuseCache, storage_mode
 from .config import DQARConfig
 from .host import HostValue, host_float
-from .schedule import layer_allowed, progress, schedule_depth
+from .noise import dit_alphas_cumprod
+from .rule import RuleState
+from .schedule import progress
 from .stats import latent_norm, latent_snr, predicted_x0
 from .storage import load_csb_calibration
 
 TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason")
-
-
-@dataclass
-class StepView:
-    """What the gates see for one (step, layer): host numbers only."""
-
-    step: int
-    s: float  # progress in [0, 1]
-    layer: int
-    num_layers: int
-    H_t: float | None
-    snr_t: float | None
-    streak: int
-    post_warmup_step: int | None  # steps since warmup ended (None: still in warmup)
-    p_reuse: float | None = None
-
-
-def advance_post_warmup(post: int | None, step: int, s: float, warmup: float) -> int | None:
-    """Steps since warmup ended, moved on to `step` at progress s (None while still in warmup; step 0 never ends it)."""
-    if post is None:
-        return 0 if step > 0 and s >= warmup else None
-    return post + 1
-
-
-def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, str]:
-    """Whether layer v.layer may reuse at this step, and why: a pure function of the config and host numbers.
-
-    `p` is the prompt length in tokens (None for class labels), which sets the entropy threshold tau(p).
-    """
-    if not cfg.enabled:
-        return False, "off"
-    if cfg.always_reuse:
-        return True, "always"
-    if cfg.static_plan is not None:
-        plan = cfg.static_plan
-        ok = v.step < len(plan) and v.layer < len(plan[v.step]) and plan[v.step][v.layer]
-        return bool(ok), "static" if ok else "static_compute"
-    if v.s < cfg.warmup or v.post_warmup_step is None:
-        return False, "warmup"
-    if cfg.static_period:
-        ok = v.post_warmup_step % cfg.static_period == cfg.static_period - 1
-        return ok, "static" if ok else "static_compute"
-    if cfg.use_schedule:
-        depth = schedule_depth(v.s, cfg.warmup, cfg.schedule_depth_start, cfg.schedule_depth_end)
-        if not layer_allowed(v.layer, v.num_layers, depth):
-            return False, "schedule"
-    if not gates.streak_gate(v.streak, cfg.max_reuse_streak):
-        return False, "streak"
-    if cfg.use_policy:
-        ok = v.p_reuse is not None and v.p_reuse >= cfg.policy_threshold
-        return ok, "policy" if ok else "policy_compute"
-    tau = gates.tau_for_prompt(cfg.tau, p, cfg.tau_slope, cfg.p_ref)
-    if cfg.use_entropy_gate and not gates.entropy_gate(v.H_t, tau):
-        return False, "entropy"
-    if cfg.use_snr_gate and not gates.snr_gate(v.snr_t, cfg.snr_lo, cfg.snr_hi):
-        return False, "snr"
-    return True, "reuse"
 
 
 class DQARController:
@@ -94,11 +41,12 @@ class DQARController:
         self.calibration = None
         if config.cache_mode == "csb":
             self.calibration, _ = load_csb_calibration(config.cache_calibration)
-            kinds = ("k", "v") if config.granularity == "kv" else ("out",)
+            kinds = {"kv": ("k", "v"), "attn": ("out",), "block": ("res",)}[config.granularity]
             missing = [(i, k) for i in range(self.num_layers) for k in kinds if (i, k) not in self.calibration]
             if missing:
                 raise ValueError(f"{config.cache_calibration} has no calibration for (layer, kind) {missing[:4]}"
-                                 f"{' ...' if len(missing) > 4 else ''}: it was fitted for another model")
+                                 f"{' ...' if len(missing) > 4 else ''}: it was fitted for another model, or for "
+                                 f"another granularity than {config.granularity!r} (which caches {kinds})")
         self.policy = None
         if config.use_policy:
             from .policy import load_policy
@@ -114,15 +62,13 @@ class DQARController:
         L = self.num_layers
         self.cache.clear()
         self.cache.reset_counters()
-        self.step = -1
+        self.rule = RuleState(L)  # the step index, streaks and steps since warmup
         self.t: float | None = None
         self.s = 0.0
-        self._post_warmup: int | None = None
         self._calls_since_ts = 0
         self.H: list[HostValue | None] = [None] * L
         self.snr: HostValue | None = None
         self.x_norm: HostValue | None = None
-        self.streak = [0] * L
         self.plan: list[tuple[bool, str]] = [(False, "missing")] * L
         self.keep = [True] * L  # whether layer i's output this step may be served later (else: not stored)
         self.reused = [0] * L
@@ -153,20 +99,24 @@ class DQARController:
         if t is not None and self.t is not None and t > self.t:
             self.reset()
         t0 = time.perf_counter()
-        self.step += 1
-        if self.step == 0 and prompt_length is not None and self._fixed_prompt_length is None:
+        self.s = progress(t, self.num_train_timesteps) if t is not None else 0.0
+        step = self.rule.advance(self.s, self.config.warmup)
+        if step == 0 and prompt_length is not None and self._fixed_prompt_length is None:
             self.prompt_length = prompt_length() if callable(prompt_length) else prompt_length
         self.t = t
-        self.s = progress(t, self.num_train_timesteps) if t is not None else 0.0
-        self._post_warmup = advance_post_warmup(self._post_warmup, self.step, self.s, self.config.warmup)
         H = [host_float(h) for h in self.H]
         snr = host_float(self.snr)
-        p = self._policy_probs(H, snr) if self.policy is not None else [None] * self.num_layers
-        self.plan = [decide(self.config, StepView(self.step, self.s, i, self.num_layers, H[i], snr, self.streak[i],
-                                                  self._post_warmup, p[i]), self.prompt_length)
-                     for i in range(self.num_layers)]
-        self.keep = [self._may_reuse_later(i) for i in range(self.num_layers)]
+        p = self._policy_probs(H, snr) if self.policy is not None else None
+        self.plan = self.rule.plan(self.config, self.s, H, snr, p, self.prompt_length)
+        t_next = self._next_t()
+        s_next = progress(t_next, self.num_train_timesteps) if t_next is not None else None
+        self.keep = self.rule.keep(self.config, s_next, self.prompt_length)
         self.decision_seconds += time.perf_counter() - t0
+
+    @property
+    def step(self) -> int:
+        """This run's step index (-1 before its first step)."""
+        return self.rule.step
 
     def _host_schedule(self) -> list[float] | None:
         """The scheduler's timesteps as host floats, read once per `set_timesteps` (None without a scheduler)."""
@@ -181,29 +131,6 @@ class DQARController:
         """The next step's timestep, from the scheduler's schedule when one was given (else unknown)."""
         ts = self._host_schedule()
         return ts[self.step + 1] if ts and self.step + 1 < len(ts) else None
-
-    def _may_reuse_later(self, i: int) -> bool:
-        """Could layer i reuse at the next step? If not, storing its output this step is wasted work."""
-        c = self.config
-        if not c.enabled:
-            return False
-        if c.always_reuse:
-            return True
-        if c.static_plan is not None:
-            nxt = self.step + 1
-            return nxt < len(c.static_plan) and i < len(c.static_plan[nxt]) and c.static_plan[nxt][i]
-        if c.max_reuse_streak == 0 and not c.static_period:
-            return False
-        t_next = self._next_t()
-        if t_next is None:
-            return True
-        s_next = progress(t_next, self.num_train_timesteps)
-        if s_next < c.warmup:
-            return False
-        if c.use_schedule and not c.static_period:
-            return layer_allowed(i, self.num_layers,
-                                 schedule_depth(s_next, c.warmup, c.schedule_depth_start, c.schedule_depth_end))
-        return True
 
     def _policy_probs(self, H: list, snr: float | None) -> list[float]:
         from .policy import policy_features
@@ -251,7 +178,7 @@ class DQARController:
             self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes)
 
     def _record(self, i: int, reuse: bool, reason: str) -> None:
-        self.streak[i] = self.streak[i] + 1 if reuse else 0
+        self.rule.record(i, reuse)
         (self.reused if reuse else self.computed)[i] += 1
         self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, reuse, reason))
 
@@ -269,7 +196,7 @@ class DQARController:
         self.x_norm = HostValue(latent_norm(x_t))
         acp = getattr(self.scheduler, "alphas_cumprod", None)
         if acp is None:
-            acp = _default_alphas_cumprod()
+            acp = dit_alphas_cumprod()
         a = float(acp[min(int(round(self.t)), len(acp) - 1)])
         c = x_t.shape[1]
         out = model_output[:, :c]  # learned-sigma models emit (eps, var)
@@ -306,14 +233,3 @@ class DQARController:
             "cfg_shared": self.cfg_shared,
             "decision_seconds": self.decision_seconds,
         }
-
-
-_ACP = None
-
-
-def _default_alphas_cumprod() -> torch.Tensor:
-    """DiT's training schedule (linear betas 1e-4..0.02, 1000 steps), used when no scheduler is given."""
-    global _ACP
-    if _ACP is None:
-        _ACP = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    return _ACP

@@ -167,6 +167,8 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
     `prompt_length` fixes p in tau(p); otherwise it is read from the text inputs at each run's first step.
     `compile=True` compiles each compute path on its own (regional `torch.compile`, `compile_options` passed
     through); decisions and the reuse path stay in Python, so a step's plan never triggers a recompile.
+    It also turns torch._dynamo's `skip_nnmodule_hook_guards` off (graphs then guard on module hooks) until
+    `remove_dqar`, which restores the previous value (nested attachments: remove in reverse order).
     """
     if config is None:
         config = DQARConfig.preset("dqar")
@@ -184,14 +186,20 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
     layers = [_Layer(i, m) for i, (_, m) in enumerate(mods)]
     named = dict(transformer.named_modules())
 
+    ctl._layers, ctl._handles = layers, []
     if compile:  # graphs compiled before DQAR's Q/K hooks existed must not be reused without them
+        ctl._prev_skip_hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards  # _detach restores it
         torch._dynamo.config.skip_nnmodule_hook_guards = False
 
     def compile_fn(fn):
         return torch.compile(fn, **(compile_options or {})) if compile else fn
 
-    for layer, (name, _) in zip(layers, mods):
-        _attach_layer(ctl, layer, named.get(name.rpartition(".")[0]) if "." in name else None, compile_fn)
+    try:
+        for layer, (name, _) in zip(layers, mods):
+            _attach_layer(ctl, layer, named.get(name.rpartition(".")[0]) if "." in name else None, compile_fn)
+    except Exception:  # all or nothing: undo the layers attached so far
+        _detach(ctl)
+        raise
 
     params = inspect.signature(transformer.forward)
 
@@ -204,7 +212,6 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
         out = output.sample if hasattr(output, "sample") else output[0]
         ctl.end_step(bound["hidden_states"], out)
 
-    ctl._layers = layers
     ctl._handles = [transformer.register_forward_pre_hook(pre, with_kwargs=True),
                     transformer.register_forward_hook(post, with_kwargs=True)]
     setattr(transformer, _ATTR, ctl)
@@ -216,6 +223,13 @@ def remove_dqar(transformer: torch.nn.Module) -> DQARController | None:
     ctl = getattr(transformer, _ATTR, None)
     if ctl is None:
         return None
+    _detach(ctl)
+    delattr(transformer, _ATTR)
+    return ctl
+
+
+def _detach(ctl: DQARController) -> None:
+    """Remove every hook and patched forward of `ctl`, clear its cache, restore the dynamo flag it changed."""
     for h in ctl._handles:
         h.remove()
     for layer in ctl._layers:
@@ -224,8 +238,9 @@ def remove_dqar(transformer: torch.nn.Module) -> DQARController | None:
         for mod in layer.patched:
             del mod.forward
     ctl.cache.clear()
-    delattr(transformer, _ATTR)
-    return ctl
+    prev = vars(ctl).pop("_prev_skip_hook_guards", None)
+    if prev is not None:
+        torch._dynamo.config.skip_nnmodule_hook_guards = prev
 
 
 def get_controller(transformer: torch.nn.Module) -> DQARController | None:

@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 from ..method.config import DQARConfig
 from ..method.controller import DQARController
 from ..method.hooks import apply_dqar, get_controller, remove_dqar
+from ..method.noise import NOISE_SCHEDULE
 
 SCHEDULERS = ("ddim", "dpm")
-# DiT's training schedule; the embedded model was trained with the same one.
-NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 
 
 def make_scheduler(name: str, pixel_space: bool = True):

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_result
 from ..method.files import atomic_write
+from ..method.noise import NOISE_SCHEDULE
 from .data import load_cifar10, to_tensor
 from .zoo import cifar_dit
 
@@ -58,9 +59,8 @@ class TrainConfig:
 
 
 def noise_scheduler() -> DDPMScheduler:
-    """The training noise schedule (linear betas, 1000 steps, epsilon prediction), as in DDPM's CIFAR-10 model."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         prediction_type="epsilon", clip_sample=True)
+    """The training noise schedule: NOISE_SCHEDULE (linear betas, 1000 steps, as DDPM's CIFAR-10), epsilon target."""
+    return DDPMScheduler(**NOISE_SCHEDULE, prediction_type="epsilon", clip_sample=True)
 
 
 def _save_ckpt(path: Path, state: dict) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..models.sampling import SCHEDULERS
+
 PROFILES = ("smoke", "full")
 POSITIVE_INTS = ("steps", "num_steps", "batch", "depth", "per_class", "repeats")
 OPEN_FRACTIONS = ("target_reuse", "cheap_quantile")  # numbers strictly inside (0, 1)
@@ -25,8 +27,8 @@ def check_parameters(**params) -> None:
         if name == "seeds" and not ok_list:
             raise ValueError(f"parameter seeds={v!r} is invalid: expected a non-empty list of non-negative integers "
                              "(with papermill: -y 'seeds: [0, 1]')")
-        if name == "scheduler" and v not in ("ddim", "dpm"):
-            raise ValueError(f"parameter scheduler={v!r} is invalid: expected 'ddim' or 'dpm'")
+        if name == "scheduler" and v not in SCHEDULERS:
+            raise ValueError(f"parameter scheduler={v!r} is invalid: expected one of {SCHEDULERS}")
         if name in ("tau", "alpha") and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
             raise ValueError(f"parameter {name}={v!r} is invalid: expected a number in [0, 1]")
         if name in OPEN_FRACTIONS and not (isinstance(v, (int, float)) and 0.0 < v < 1.0):
