@@ -52,13 +52,13 @@ def test_summary_and_widget(model):
 
 
 def test_calibrate_gates_meets_a_reuse_budget(model):
-    from dqar_lib.fitting.replay import calibrate_gates
+    from dqar_lib.fitting.replay import fit_gate_thresholds
 
     rows = [r for s in (0, 1) for r in record_trace(model, [1, 2], num_steps=10, seed=s)]
     base = DQARConfig.preset("dqar", use_schedule=False)
     top = summarize(rows, base.replace(tau=1.0, snr_lo=0.0))["reuse_fraction"]
-    g = calibrate_gates(rows, base, target_reuse=top / 2, snr_quantile=0.0)
+    g = fit_gate_thresholds(rows, base, target_reuse=top / 2, snr_quantile=0.0)
     assert 0.0 < g["reuse_fraction"] <= top / 2
     assert summarize(rows, base.replace(tau=g["tau"], snr_lo=g["snr_lo"]))["reuse_fraction"] == g["reuse_fraction"]
     with pytest.raises(ValueError, match="target_reuse"):
-        calibrate_gates(rows, base, target_reuse=1.5)
+        fit_gate_thresholds(rows, base, target_reuse=1.5)

@@ -5,7 +5,7 @@ import pytest
 from dqar_lib.method import gates
 from dqar_lib.method.config import DQARConfig
 from dqar_lib.method.rule import StepView, decide
-from dqar_lib.method.schedule import layer_allowed, progress, schedule_depth, schedule_mask, static_plan
+from dqar_lib.method.schedule import layer_allowed, progress, schedule_depth, static_plan
 
 
 @pytest.mark.parametrize("H,tau,expected", [(0.1, 0.5, True), (0.5, 0.5, False), (0.9, 0.5, False),
@@ -41,8 +41,8 @@ def test_schedule_is_shallow_early_deep_late():
     assert early < late == 1.0
     assert layer_allowed(0, 8, early) and not layer_allowed(7, 8, early)
     assert all(layer_allowed(i, 8, late) for i in range(8))
-    mask = schedule_mask(range(999, -1, -100), 8, 0.2, 0.25, 1.0)
-    counts = [sum(r) for r in mask]
+    depths = [schedule_depth(progress(t), 0.2, 0.25, 1.0) for t in range(999, -1, -100)]
+    counts = [sum(layer_allowed(i, 8, d) for i in range(8)) for d in depths]
     assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == 8
 
 

@@ -212,7 +212,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     _check_counts(warmup, repeats)
     methods = _methods(configs)
     guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
-    n, _ = conditioning(model, labels, prompt_embeds, cfg=False)  # checks the conditioning before any run
+    n, _ = conditioning(model, labels, prompt_embeds, use_cfg=False)  # checks the conditioning before any run
     text_tokens = None if prompt_embeds is None else prompt_embeds.shape[1]
     dev = next(model.parameters()).device
     kwargs = dict(num_steps=num_steps, guidance_scale=guidance, seed=seed, scheduler=scheduler)

@@ -1,7 +1,7 @@
 """Replaying DQAR's decisions over stored traces, and fitting the gates to a reuse budget on them.
 
 `replay` steps the controller's own decision rule over the host numbers a trace recorded, so a config's
-reuse map and its predicted cost can be read without sampling; `calibrate_gates` bisects a gate threshold
+reuse map and its predicted cost can be read without sampling; `fit_gate_thresholds` bisects a gate threshold
 to a reuse budget that way.
 """
 
@@ -103,7 +103,7 @@ def grid_summaries(rows: list[dict], base: DQARConfig, taus, snr_los, depths) ->
     return {k: summarize(rows, grid_config(base, *k)) for k in itertools.product(taus, snr_los, depths)}
 
 
-def calibrate_gates(rows: list[dict], base: DQARConfig, target_reuse: float, snr_quantile: float = 0.3,
+def fit_gate_thresholds(rows: list[dict], base: DQARConfig, target_reuse: float, snr_quantile: float = 0.3,
                     iters: int = 12) -> dict:
     """Gate thresholds for a reuse budget: snr_lo at `snr_quantile` of the traced SNR_t past warmup, and tau
     at the quantile of the traced H_t whose replayed reuse fraction (mean over the runs) comes closest to

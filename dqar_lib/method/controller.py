@@ -26,7 +26,7 @@ class DQARController:
     """Per-run state of DQAR on one transformer. Created by `apply_dqar`; the hooks call into it.
 
     Each transformer forward is one step: `begin_step` plans every layer from host numbers,
-    the attention hooks ask `planned(i)` and report back, `end_step` measures SNR_t and ||x_t||
+    the hooks ask `try_reuse(i, ...)` and report back, `end_step` measures SNR_t and ||x_t||
     for the next step's decisions (read asynchronously, one step late, so nothing syncs).
     """
 
@@ -138,9 +138,6 @@ class DQARController:
         f = policy_features(H, snr, host_float(self.x_norm), self.s, self.num_layers)  # (L, 5)
         with torch.no_grad():
             return self.policy(f).tolist()
-
-    def planned(self, i: int) -> bool:
-        return self.plan[i][0]
 
     @property
     def cfg_share_now(self) -> bool:

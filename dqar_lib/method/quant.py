@@ -59,8 +59,3 @@ def dequantize(q: QTensor) -> torch.Tensor:
         return q.data.to(q.dtype)
     x = q.data.float() * q.scale
     return (x * q.b if q.b is not None else x).to(q.dtype)
-
-
-def roundtrip_error(x: torch.Tensor, mode: str) -> float:
-    """max abs(X - dequantize(quantize(X))), for tests and the quantization notebook."""
-    return float((dequantize(quantize(x, mode)).float() - x.float()).abs().max())

@@ -26,16 +26,6 @@ def layer_allowed(layer: int, num_layers: int, depth: float) -> bool:
     return layer < math.ceil(depth * num_layers - 1e-9)
 
 
-def schedule_mask(timesteps, num_layers: int, warmup: float, depth_start: float, depth_end: float,
-                  num_train_timesteps: int = 1000) -> list[list[bool]]:
-    """The whole schedule for a list of timesteps: mask[step][layer] is True where reuse is allowed."""
-    rows = []
-    for t in timesteps:
-        d = schedule_depth(progress(float(t), num_train_timesteps), warmup, depth_start, depth_end)
-        rows.append([layer_allowed(i, num_layers, d) for i in range(num_layers)])
-    return rows
-
-
 def static_plan(num_steps: int, num_layers: int, warmup: float, period: int) -> tuple[tuple[bool, ...], ...]:
     """A DiTFastAttn-style fixed plan: after the warmup steps, every layer reuses on every `period`-th step."""
     if period < 2:

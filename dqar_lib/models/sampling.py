@@ -59,7 +59,7 @@ def is_text_conditioned(model: torch.nn.Module) -> bool:
 
 
 def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, negative_embeds=None,
-                 cfg: bool = False) -> tuple[int, dict]:
+                 use_cfg: bool = False) -> tuple[int, dict]:
     """The number of images and the model's conditioning kwargs for one (CFG-doubled, conditional first) batch.
 
     DiT: `class_labels` (N,) ints in [0, num_classes); the null class is the unconditional half.
@@ -76,7 +76,7 @@ def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, 
             raise ValueError(f"prompt_embeds must be a (N, T, {C}) tensor for {type(model).__name__}, got {got}")
         n = prompt_embeds.shape[0]
         emb = prompt_embeds
-        if cfg:
+        if use_cfg:
             neg = torch.zeros_like(prompt_embeds[:1]) if negative_embeds is None else negative_embeds
             if neg.shape[1:] != prompt_embeds.shape[1:] or neg.shape[0] not in (1, n):
                 raise ValueError(f"negative_embeds must be (1 or {n}, {prompt_embeds.shape[1]}, {C}), "
@@ -95,7 +95,7 @@ def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, 
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.numel():
         raise ValueError(f"class_labels out of range [0, {num_classes}): {bad.tolist()}")
-    return labels.numel(), dict(class_labels=torch.cat([labels, torch.full_like(labels, num_classes)]) if cfg
+    return labels.numel(), dict(class_labels=torch.cat([labels, torch.full_like(labels, num_classes)]) if use_cfg
                                 else labels)
 
 
@@ -116,8 +116,8 @@ def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guida
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     guidance_scale = default_guidance(model) if guidance_scale is None else float(guidance_scale)
     _check(num_steps, guidance_scale, scheduler)
-    cfg = guidance_scale > 1.0
-    n, cond = conditioning(model, class_labels, prompt_embeds, negative_embeds, cfg)
+    use_cfg = guidance_scale > 1.0  # classifier-free guidance: both halves in one batch
+    n, cond = conditioning(model, class_labels, prompt_embeds, negative_embeds, use_cfg)
     cond = {k: v.to(device, dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
             for k, v in cond.items()}  # labels stay integers, caption embeddings take the model's dtype
     sched = make_scheduler(scheduler, pixel_space=model.config.in_channels == 3)
@@ -136,10 +136,10 @@ def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guida
                                    leave=False)):
             if step_callback is not None:
                 step_callback(i, t)
-            x_in = torch.cat([x, x]) if cfg else x
+            x_in = torch.cat([x, x]) if use_cfg else x
             out = model(x_in, timestep=t.expand(x_in.shape[0]).to(device), **cond).sample
             eps = out[:, :c]
-            if cfg:
+            if use_cfg:
                 e_c, e_u = eps.chunk(2)
                 eps = e_u + guidance_scale * (e_c - e_u)
             x = sched.step(eps, t, x).prev_sample
