@@ -29,7 +29,7 @@ from ..method.schedule import progress
 from ..models.sampling import sample
 from .tracing import gate_thresholds, record_trace
 
-Metric = Callable[[torch.Tensor, torch.Tensor], float]
+_Metric = Callable[[torch.Tensor, torch.Tensor], float]
 """An image metric of (images, reference) in [0, 1], e.g. dqar_lib.evaluation.metrics.psnr."""
 Rows = pd.DataFrame | Iterable[dict]
 
@@ -163,7 +163,7 @@ def sample_runs(model, seeds: Sequence[int], classes: Sequence[int], per_class: 
             for s in seeds for c in classes]
 
 
-def heldout_psnr(model, cfg: DQARConfig, full: list, psnr: Metric, seeds: Sequence[int], classes: Sequence[int],
+def heldout_psnr(model, cfg: DQARConfig, full: list, psnr: _Metric, seeds: Sequence[int], classes: Sequence[int],
                  per_class: int, num_steps: int) -> tuple[float, float]:
     """(mean PSNR against `full`, mean reuse fraction) of `cfg` over the runs `sample_runs` makes.
 
@@ -195,7 +195,7 @@ def match_reuse_threshold(eval_fn: Callable[[float], tuple[float, float]], targe
     return threshold, point
 
 
-def fit_and_evaluate_policy(model, psnr: Metric, *, num_steps: int, train_seeds: Sequence[int],
+def fit_and_evaluate_policy(model, psnr: _Metric, *, num_steps: int, train_seeds: Sequence[int],
                             train_classes: Sequence[int], test_seeds: Sequence[int], test_classes: Sequence[int],
                             per_class: int, cheap_quantile: float, n_validate: int,
                             policy_path: Path | str = DEFAULT_POLICY) -> dict:
