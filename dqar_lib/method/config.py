@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from .files import DEFAULT_CACHE_CALIBRATION, DEFAULT_POLICY
 
 GRANULARITIES = ("attn", "kv", "block")
-CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb")
+CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb", "delta")
 CFG_LAYOUTS = ("cond_first", "cond_second")
+FORECAST_ORDERS = (0, 1, 2)
+FORECAST_ABSCISSAE = ("step", "t")
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,19 @@ class DQARConfig:
     policy_threshold: float = 0.5
     cache_mode: str = "int8_channel"
     """How cached tensors are stored: fp32, fp16, int8_tensor, int8_channel, mixed (K fp16, V/out int8),
-    or csb (INT8 with PTQ4DiT-style channel balancing from `cache_calibration`)."""
+    csb (INT8 with PTQ4DiT-style channel balancing from `cache_calibration`), or delta (for forecasting: each
+    layer's oldest kept compute in fp16, the later ones as per-channel INT8 differences; fp16 without forecasting).
+    A forecast history in int8_tensor / int8_channel is delta-coded too, its base in INT8."""
     cache_calibration: str | None = None
     """The calibration file for cache_mode="csb" (data/calibration/, fitted in notebooks/04_quantization)."""
     cache_calib_dynamic: bool = True
     """csb: take the per-tensor scale from each stored tensor (True) or the calibrated static scale (False)."""
+    forecast_order: int = 0
+    """How a reused tensor is served: 0 as it was stored; 1 or 2 extrapolated (dqar_lib.method.forecast) from that
+    layer's last 2 or 3 computes, each kept in `cache_mode` (fewer while fewer exist). "attn" and "block" only."""
+    forecast_in: str = "step"
+    """The forecast's abscissa: "step" (the step index) or "t" (the scheduler's timestep, which DPM-Solver spaces
+    unevenly)."""
     cache_budget_bytes: int | None = None
     """Refuse to store past this many bytes (the layer then recomputes); None: no limit."""
     cfg_share: bool = False
@@ -120,6 +130,12 @@ class DQARConfig:
                 bad("static_plan", f"rows have different lengths {sorted(widths)}")
         if self.cache_mode == "csb" and not self.cache_calibration:
             bad("cache_calibration", "cache_mode='csb' needs a calibration file")
+        if self.forecast_order not in FORECAST_ORDERS:
+            bad("forecast_order", f"expected one of {FORECAST_ORDERS}")
+        if self.forecast_in not in FORECAST_ABSCISSAE:
+            bad("forecast_in", f"expected one of {FORECAST_ABSCISSAE}")
+        if self.forecast_order and self.granularity == "kv":
+            bad("forecast_order", "forecasting serves an output (granularity 'attn' or 'block'), not K/V")
         if self.cfg_share and self.granularity == "kv":
             bad("cfg_share", "CFG sharing shares an output (granularity 'attn' or 'block'), not K/V")
         if self.use_policy and not self.policy_path:

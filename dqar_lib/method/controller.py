@@ -158,20 +158,27 @@ class DQARController:
         return reuse
 
     def cached(self, i: int, kind: str) -> torch.Tensor:
-        return self.cache.get((i, kind))
+        """Layer i's cached `kind`, forecast to this step when `forecast_order` > 0."""
+        return self.cache.get((i, kind), self._abscissa() if self.config.forecast_order else None)
+
+    def _abscissa(self) -> float:
+        """Where this step lies for forecasting: its index, or its timestep (`forecast_in`)."""
+        return float(self.t) if self.config.forecast_in == "t" and self.t is not None else float(self.step)
 
     def store(self, i: int, kind: str, x) -> None:
         """Keep layer i's fresh output for later steps; where no later step can use it, drop the old entry.
 
         `x` may be a zero-argument callable (e.g. a residual to subtract), evaluated only when it is kept.
         """
-        if self.config.enabled and not self.keep[i]:
+        c = self.config
+        if c.enabled and not self.keep[i] and not c.forecast_order:  # a forecast needs the history: keep it
             self.cache.drop((i, kind))
-        elif self.config.enabled:
+        elif c.enabled:
             x = x() if callable(x) else x
-            mode = storage_mode(self.config.cache_mode, kind)
+            mode = storage_mode(c.cache_mode, kind)
             calib = self.calibration[(i, kind)] if mode == "csb" else None
-            self.cache.store((i, kind), x, mode, calib, self.config.cache_calib_dynamic)
+            self.cache.store((i, kind), x, mode, calib, c.cache_calib_dynamic, at=self._abscissa(),
+                             depth=c.forecast_order + 1)
             self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes)
 
     def _record(self, i: int, reuse: bool, reason: str) -> None:
