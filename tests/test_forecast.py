@@ -85,3 +85,16 @@ def test_forecast_changes_only_what_is_served(dit, granularity):
     again = sample(dit, [1, 2], num_steps=8, seed=0, dqar=cfg.replace(forecast_order=1, forecast_in="t"),
                    progress=False)
     torch.testing.assert_close(again.latents, linear.latents)  # DDIM's timesteps are affine in the step index
+
+
+def test_front_loaded_plan_thins_its_computes():
+    from dqar_lib.method.schedule import front_loaded_plan, static_plan
+
+    plan = front_loaded_plan(50, 3, warmup=0.2, k_start=2, k_end=5, end_computes=2)
+    rows = [r[0] for r in plan]
+    assert not any(rows[:10]) and not any(rows[-2:]) and all(len(set(r)) == 1 for r in plan)
+    first_half, second_half = rows[10:30], rows[30:48]
+    assert sum(second_half) / len(second_half) > sum(first_half) / len(first_half)  # fewer computes later
+    assert front_loaded_plan(20, 2, 0.2, 2, 2, end_computes=0) == static_plan(20, 2, 0.2, period=2)
+    with pytest.raises(ValueError, match="k_start=0"):
+        front_loaded_plan(20, 2, 0.2, 0, 2)

@@ -45,6 +45,13 @@ class DQARConfig:
     """Lower SNR bound: SNR_t = ||x0||^2 / (||x_t - x0||^2 + eps) must be at least this."""
     snr_hi: float = math.inf
     """Upper SNR bound."""
+    use_change_gate: bool = False
+    delta: float = 0.1
+    """Change gate: reuse only while the relative L1 change of the layer's input since it last computed stays
+    below delta (measured in the hook where every other rule passed: one host read per layer and step)."""
+    change_scope: str = "layer"
+    """"layer": each layer measures its own input; "stack": the first layer's change decides for every layer
+    (one host read per step, a whole-stack skip as in SeaCache)."""
     max_reuse_streak: int = 2
     """At most this many consecutive reuses per layer before it must recompute (0: never reuse)."""
     use_schedule: bool = True
@@ -130,6 +137,10 @@ class DQARConfig:
                 bad("static_plan", f"rows have different lengths {sorted(widths)}")
         if self.cache_mode == "csb" and not self.cache_calibration:
             bad("cache_calibration", "cache_mode='csb' needs a calibration file")
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta >= 0):
+            bad("delta", "expected a finite number >= 0")
+        if self.change_scope not in ("layer", "stack"):
+            bad("change_scope", "expected 'layer' or 'stack'")
         if self.forecast_order not in FORECAST_ORDERS:
             bad("forecast_order", f"expected one of {FORECAST_ORDERS}")
         if self.forecast_in not in FORECAST_ABSCISSAE:

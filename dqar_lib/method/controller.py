@@ -19,7 +19,7 @@ from .schedule import progress
 from .stats import latent_norm, latent_snr, predicted_x0
 from .storage import load_csb_calibration
 
-TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason")
+TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason", "change")
 
 
 class DQARController:
@@ -69,6 +69,9 @@ class DQARController:
         self.H: list[HostValue | None] = [None] * L
         self.snr: HostValue | None = None
         self.x_norm: HostValue | None = None
+        self.inputs: list[torch.Tensor | None] = [None] * L  # each layer's input at its last compute (change gate)
+        self.change: list[float | None] = [None] * L
+        self.step_change: float | None = None
         self.plan: list[tuple[bool, str]] = [(False, "missing")] * L
         self.keep = [True] * L  # whether layer i's output this step may be served later (else: not stored)
         self.reused = [0] * L
@@ -101,6 +104,7 @@ class DQARController:
         t0 = time.perf_counter()
         self.s = progress(t, self.num_train_timesteps) if t is not None else 0.0
         step = self.rule.advance(self.s, self.config.warmup)
+        self.change, self.step_change = [None] * self.num_layers, None
         if step == 0 and prompt_length is not None and self._fixed_prompt_length is None:
             self.prompt_length = prompt_length() if callable(prompt_length) else prompt_length
         self.t = t
@@ -145,9 +149,23 @@ class DQARController:
         return c.enabled and c.cfg_share and self.step > 0 and self.s >= c.cfg_share_start
 
     # ---- cache ---------------------------------------------------------------------------
-    def try_reuse(self, i: int, kinds: tuple[str, ...], sig: tuple) -> bool:
-        """Called by layer i's hook before it runs: True if it may serve its cached `kinds`. Records the row."""
+    def try_reuse(self, i: int, kinds: tuple[str, ...], sig: tuple, h: torch.Tensor | None = None) -> bool:
+        """Called by layer i's hook before it runs: True if it may serve its cached `kinds`. Records the row.
+
+        `h` is the layer's input; with the change gate on, a plan that only awaits the change is decided here.
+        """
         reuse, reason = self.plan[i]
+        c = self.config
+        if c.use_change_gate and h is not None:
+            if c.change_scope == "stack":  # the first layer's change, measured every step, decides for all
+                if i == 0:
+                    self.step_change = self._input_change(0, h)
+                change = self.step_change
+            else:
+                change = self._input_change(i, h) if reason == "change" else None
+            self.change[i] = change
+            if reason == "change":
+                self.plan[i] = reuse, reason = self._replan(i, change)
         if reuse:
             for kind in kinds:
                 status = self.cache.status((i, kind), sig)
@@ -156,6 +174,23 @@ class DQARController:
                     break
         self._record(i, reuse, reason)
         return reuse
+
+    def _input_change(self, i: int, h: torch.Tensor) -> float | None:
+        """||h - h_c||_1 / ||h_c||_1 against layer i's input at its last compute (None before one): one host read."""
+        h_c = self.inputs[i]
+        if h_c is None or h_c.shape != h.shape:
+            return None
+        return float((h - h_c).abs().mean() / h_c.abs().mean().clamp_min(1e-12))
+
+    def _replan(self, i: int, change: float | None) -> tuple[bool, str]:
+        """Layer i's plan again, with the change of its input known (the same rule, `decide`)."""
+        return self.rule.decide_layer(self.config, self.s, i, host_float(self.H[i]), host_float(self.snr), change,
+                                      self.prompt_length)
+
+    def computed_input(self, i: int, h: torch.Tensor) -> None:
+        """Layer i computed from input h: the change gate measures later inputs against it."""
+        if self.config.use_change_gate:
+            self.inputs[i] = h.detach()
 
     def cached(self, i: int, kind: str) -> torch.Tensor:
         """Layer i's cached `kind`, forecast to this step when `forecast_order` > 0."""
@@ -184,7 +219,7 @@ class DQARController:
     def _record(self, i: int, reuse: bool, reason: str) -> None:
         self.rule.record(i, reuse)
         (self.reused if reuse else self.computed)[i] += 1
-        self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, reuse, reason))
+        self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, reuse, reason, self.change[i]))
 
     # ---- statistics ----------------------------------------------------------------------
     def wants_entropy(self) -> bool:
@@ -217,8 +252,8 @@ class DQARController:
 
     def trace(self) -> list[dict]:
         """One row per (step, layer): t, H_t, SNR_t, ||x_t|| (the values the decision saw), reuse, reason."""
-        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), u, why)))
-                for (s, t, i, h, r, n, u, why) in self.rows]
+        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), u, why, d)))
+                for (s, t, i, h, r, n, u, why, d) in self.rows]
 
     def stats(self) -> dict:
         total = sum(self.reused) + sum(self.computed)

@@ -28,6 +28,15 @@ def snr_gate(snr_t: float | None, snr_lo: float, snr_hi: float) -> bool:
     return snr_t is not None and snr_lo <= snr_t <= snr_hi
 
 
+def change_gate(change: float | None, delta: float) -> bool:
+    """Reuse only while the layer's input has moved little since it last computed: change < delta.
+
+    `change` is the relative L1 change ||h_s - h_c||_1 / ||h_c||_1 of the input h since its last compute c
+    (TeaCache's and SeaCache's indicator, here per layer). Unknown or NaN never passes.
+    """
+    return change is not None and change < delta
+
+
 def streak_gate(streak: int, max_streak: int) -> bool:
     """Cap on consecutive reuses: a layer that reused `streak` times in a row must recompute at max_streak."""
     return streak < max_streak

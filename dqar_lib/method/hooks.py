@@ -57,8 +57,9 @@ def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module, co
     def forward(*args, **kwargs):
         bound = params.bind(*args, **kwargs)
         hs = bound.arguments["hidden_states"]  # (B, N, D)
-        if ctl.try_reuse(i, ("res",), signature(hs)):
+        if ctl.try_reuse(i, ("res",), signature(hs), hs):
             return hs + ctl.cached(i, "res")
+        ctl.computed_input(i, hs)
         layer.capture = ctl.wants_entropy()
         try:
             B = hs.shape[0]
@@ -111,10 +112,12 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
 
     def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         sig = signature(hidden_states)
-        if ctl.try_reuse(i, ("k", "v") if kv else ("out",), sig):
+        if ctl.try_reuse(i, ("k", "v") if kv else ("out",), sig, hidden_states):
             if not kv:
                 return ctl.cached(i, "out")
             layer.kv = (ctl.cached(i, "k"), ctl.cached(i, "v"))
+        else:
+            ctl.computed_input(i, hidden_states)
         layer.capture = layer.kv is None and ctl.wants_entropy()
         try:
             share = not kv and ctl.cfg_share_now and attention_mask is None and hidden_states.shape[0] % 2 == 0

@@ -29,6 +29,7 @@ class StepView:
     streak: int
     post_warmup_step: int | None  # steps since warmup ended (None: still in warmup)
     p_reuse: float | None = None
+    change: float | None = None  # relative L1 change of the layer's input since it last computed (change gate)
 
 
 def advance_post_warmup(post: int | None, step: int, s: float, warmup: float) -> int | None:
@@ -70,17 +71,20 @@ def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, st
         return False, "entropy"
     if cfg.use_snr_gate and not gates.snr_gate(v.snr_t, cfg.snr_lo, cfg.snr_hi):
         return False, "snr"
+    if cfg.use_change_gate and not gates.change_gate(v.change, cfg.delta):
+        return False, "change"  # the last rule: the hook measures the change only where every other rule passed
     return True, "reuse"
 
 
 def plan_step(cfg: DQARConfig, step: int, s: float, H: list, snr: float | None, streaks: list[int],
               post_warmup: int | None, p_reuse: list | None = None,
-              prompt_length: int | None = None) -> list[tuple[bool, str]]:
+              prompt_length: int | None = None, change: list | None = None) -> list[tuple[bool, str]]:
     """`decide` for every layer of one step: H[i] is layer i's H_t, snr the step's SNR_t, streaks[i] its
     consecutive reuses so far, p_reuse[i] the policy's probability (None: no policy). One (reuse, reason) a layer."""
     L = len(H)
     p = [None] * L if p_reuse is None else p_reuse
-    return [decide(cfg, StepView(step, s, i, L, H[i], snr, streaks[i], post_warmup, p[i]), prompt_length)
+    d = [None] * L if change is None else change
+    return [decide(cfg, StepView(step, s, i, L, H[i], snr, streaks[i], post_warmup, p[i], d[i]), prompt_length)
             for i in range(L)]
 
 
@@ -96,15 +100,17 @@ def keep_step(cfg: DQARConfig, step: int, s_next: float | None, num_layers: int,
 
     The rule itself over an optimistic view of step+1: its progress s_next (warmup, schedule, the static
     period's phase), a streak of 0 (the layer just computed), and every statistic passing: H_t = 0 (the least
-    normalised entropy), SNR_t = snr_lo (inside the band), p_reuse = 1. The view is never less permissive
-    than the real one, so whatever step+1 does reuse was stored. An unknown s_next (no scheduler, or the last
-    step) takes warmup and the layer schedule as passing too. `post_warmup` is this step's counter.
+    normalised entropy), SNR_t = snr_lo (inside the band), p_reuse = 1, no change of the input. The view is
+    never less permissive than the real one, so whatever step+1 does reuse was stored. An unknown s_next (no
+    scheduler, or the last step) takes warmup and the layer schedule as passing too.
+    `post_warmup` is this step's counter.
     """
     if s_next is None:
         cfg, s_next = _progress_passes(cfg), 1.0
     post = advance_post_warmup(post_warmup, step + 1, s_next, cfg.warmup)
     H, p = [0.0] * num_layers, [1.0] * num_layers
-    return [ok for ok, _ in plan_step(cfg, step + 1, s_next, H, cfg.snr_lo, [0] * num_layers, post, p, prompt_length)]
+    zero = [0] * num_layers  # streaks of 0, and no change of the input (the change gate passes)
+    return [ok for ok, _ in plan_step(cfg, step + 1, s_next, H, cfg.snr_lo, zero, post, p, prompt_length, zero)]
 
 
 @dataclass
@@ -138,6 +144,13 @@ class RuleState:
     def keep(self, cfg: DQARConfig, s_next: float | None, prompt_length: int | None = None) -> list[bool]:
         """Whether each layer's fresh output this step may be served at the next (`keep_step`)."""
         return keep_step(cfg, self.step, s_next, self.num_layers, self.post_warmup, prompt_length)
+
+    def decide_layer(self, cfg: DQARConfig, s: float, layer: int, H_t: float | None, snr: float | None,
+                     change: float | None, prompt_length: int | None = None) -> tuple[bool, str]:
+        """One layer's (reuse, reason) at the current state, with its input change known (the change gate)."""
+        v = StepView(self.step, s, layer, self.num_layers, H_t, snr, self.streaks[layer], self.post_warmup, None,
+                     change)
+        return decide(cfg, v, prompt_length)
 
     def record(self, layer: int, reused: bool) -> None:
         """Layer `layer` reused (its streak grows) or computed (its streak restarts) at this step."""

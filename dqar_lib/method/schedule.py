@@ -33,3 +33,27 @@ def static_plan(num_steps: int, num_layers: int, warmup: float, period: int) -> 
     first = math.ceil(warmup * num_steps)
     return tuple(tuple(s >= first and (s - first) % period == period - 1 for _ in range(num_layers))
                  for s in range(num_steps))
+
+
+def front_loaded_plan(num_steps: int, num_layers: int, warmup: float, k_start: int, k_end: int,
+                      end_computes: int = 2) -> tuple[tuple[bool, ...], ...]:
+    """A fixed plan whose computes thin out as sampling goes on (ProCache's and SmoothCache's lesson: early steps
+    decide the sample, late ones may be forecast): after the warmup steps, one compute every k steps, k growing
+    linearly from `k_start` right after warmup to `k_end` at the end; the last `end_computes` steps compute.
+
+    Every layer follows the same plan (a whole-stack skip). k = 2 everywhere is `static_plan(..., period=2)`.
+    """
+    if not (1 <= k_start and 1 <= k_end):
+        raise ValueError(f"compute intervals must be >= 1, got k_start={k_start}, k_end={k_end}")
+    if end_computes < 0:
+        raise ValueError(f"end_computes must be >= 0, got {end_computes}")
+    first, reuse, s = math.ceil(warmup * num_steps), [False] * num_steps, math.ceil(warmup * num_steps)
+    while s < num_steps:
+        k = round(k_start + (k_end - k_start) * (s - first) / max(1, num_steps - 1 - first))
+        for j in range(1, k):
+            if s + j < num_steps:
+                reuse[s + j] = True
+        s += max(1, k)
+    for j in range(min(end_computes, num_steps)):
+        reuse[num_steps - 1 - j] = False
+    return tuple(tuple(r for _ in range(num_layers)) for r in reuse)
