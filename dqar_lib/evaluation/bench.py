@@ -47,7 +47,7 @@ def _time_once(fn: Callable, device: torch.device):
     return (time.perf_counter() - t0) * 1e3, out
 
 
-def _summary(times_ms: list[float]) -> dict:
+def summary(times_ms: list[float]) -> dict:
     q = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
     return dict(median_ms=statistics.median(times_ms), min_ms=min(times_ms), max_ms=max(times_ms),
                 iqr_ms=q[2] - q[0], times_ms=list(times_ms))
@@ -75,7 +75,7 @@ def time_fn(fn: Callable, warmup: int = 2, repeats: int = 5, device=None) -> dic
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = [_time_once(fn, dev)[0] for _ in range(repeats)]
-    out = _summary(times)
+    out = summary(times)
     out["peak_memory_bytes"] = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
     return out
 
@@ -126,7 +126,8 @@ def _set_block_compile(blocks, compiled) -> None:
         block._compiled_call_impl = compiled[i] if compiled is not None else None
 
 
-def _run(model, method: Method | None, labels, kwargs: dict, dev, blocks=(), compiled=None, compile_options=None):
+def time_method(model, method: Method | None, labels, kwargs: dict, dev, blocks=(), compiled=None,
+                compile_options=None):
     """Time one sampling call of a prepared method (`run_method`); apply and remove stay outside the timing.
 
     Compiled runs: full compute and peers run with whole blocks compiled; DQAR compiles only its compute
@@ -240,7 +241,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
             for name, method in methods.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
-                ms, results[name] = _run(model, method, labels, kwargs, dev, blocks, compiled, compile_options)
+                ms, results[name] = time_method(model, method, labels, kwargs, dev, blocks, compiled, compile_options)
                 if r >= warmup:
                     times[name].append(ms)
                     if dev.type == "cuda":
@@ -263,7 +264,7 @@ def _rows(model, n, methods, times, results, peak, num_steps, guidance, compiled
     ceiling = attention_ceiling(model, batch, text_tokens)
     rows = []
     for name, method in methods.items():
-        res, s = results[name], _summary(times[name])
+        res, s = results[name], summary(times[name])
         flops = num_steps * _run_flops(model, batch, method, res.stats, text_tokens) / n
         base_flops = flops if base_flops is None else base_flops
         same = res.images is not None and base.images is not None

@@ -56,7 +56,7 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
         state.advance(sp, cfg.warmup)
         H, snr = [r["H_t"] for r in rows], rows[0]["SNR_t"]
         p = _policy_probs(policy, H, snr, rows[0]["x_norm"], sp) if cfg.use_policy and policy is not None else None
-        for i, (ok, _) in enumerate(state.plan(cfg, sp, H, snr, p, prompt_length)):
+        for i, (ok, _) in enumerate(state.plan(cfg, sp, H, snr, p, prompt_length, steps_left=S - 1 - s)):
             plan[s, i] = ok and s > 0  # nothing is cached before the first step
             state.record(i, bool(plan[s, i]))
     return plan

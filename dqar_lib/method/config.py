@@ -53,6 +53,11 @@ class DQARConfig:
     """"layer": each layer measures its own input; "stack": the first layer's change decides for every layer
     (one host read per step, a whole-stack skip as in SeaCache)."""
     max_reuse_streak: int = 2
+    max_reuse_streak_end: int | None = None
+    """If set, the cap on consecutive reuses grows linearly with progress, from `max_reuse_streak` right after
+    warmup to this at the last step: computes are front-loaded (early steps decide the sample)."""
+    end_computes: int = 0
+    """The last `end_computes` steps always compute (counted on the scheduler's timesteps; needs a scheduler)."""
     """At most this many consecutive reuses per layer before it must recompute (0: never reuse)."""
     use_schedule: bool = True
     schedule_depth_start: float = 0.5
@@ -125,6 +130,10 @@ class DQARConfig:
             raise ValueError(f"DQARConfig SNR range is empty: snr_lo={self.snr_lo} > snr_hi={self.snr_hi}")
         if self.max_reuse_streak < 0:
             bad("max_reuse_streak", "expected >= 0")
+        if self.max_reuse_streak_end is not None and self.max_reuse_streak_end < 0:
+            bad("max_reuse_streak_end", "expected None or >= 0")
+        if self.end_computes < 0:
+            bad("end_computes", "expected >= 0")
         if self.static_period < 0:
             bad("static_period", "expected >= 0")
         if self.cache_budget_bytes is not None and self.cache_budget_bytes < 0:
@@ -184,6 +193,14 @@ PRESETS: dict[str, dict] = {
     # the calibration file notebooks/04_quantization fits.
     "dqar": dict(),
     "dqar_csb": dict(cache_mode="csb", cache_calibration=str(DEFAULT_CACHE_CALIBRATION), granularity="attn"),
+    # forecast reuse on a front-loaded plan (notebooks/09_forecast measures it against every peer and fewer steps):
+    # whole blocks reuse, their residual extrapolated linearly from the layer's last two computes (order 2 and the
+    # change gate measured worse there); no reuse in the first 20 % of steps nor the last two, and at most 1
+    # consecutive reuse right after warmup, growing to 3 at the end (computes thin out as the sample settles). The
+    # cache keeps each layer's older compute in fp16 and the newer as an INT8 delta ("delta": INT8 histories stored
+    # whole cost more dB, measured in 09). The streak cap pair is the knob 09 sweeps for the curve.
+    "forecast": dict(forecast_order=1, cache_mode="delta", max_reuse_streak=1, max_reuse_streak_end=3, end_computes=2,
+                     collect_stats=False, **_NO_GATES),
     # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
     # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),

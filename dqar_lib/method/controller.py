@@ -111,10 +111,17 @@ class DQARController:
         H = [host_float(h) for h in self.H]
         snr = host_float(self.snr)
         p = self._policy_probs(H, snr) if self.policy is not None else None
-        self.plan = self.rule.plan(self.config, self.s, H, snr, p, self.prompt_length)
+        left = self.steps_left()
+        self.plan = self.rule.plan(self.config, self.s, H, snr, p, self.prompt_length, left)
         t_next = self._next_t()
         s_next = progress(t_next, self.num_train_timesteps) if t_next is not None else None
-        self.keep = self.rule.keep(self.config, s_next, self.prompt_length)
+        ts = self._host_schedule()
+        if self.config.forecast_order and ts:  # a forecast needs the computes before a reuse, not only the last
+            ahead = ts[self.step + 1:self.step + 2 + self.config.forecast_order]
+            s_ahead = [progress(t, self.num_train_timesteps) for t in ahead]
+            self.keep = self.rule.keep_ahead(self.config, s_ahead, self.prompt_length, left)
+        else:
+            self.keep = self.rule.keep(self.config, s_next, self.prompt_length, left)
         self.decision_seconds += time.perf_counter() - t0
 
     @property
@@ -130,6 +137,11 @@ class DQARController:
         if ts is not self._ts_obj:  # set_timesteps was called: a new run, read the schedule once
             self._ts_obj, self._ts_host, self._calls_since_ts = ts, [float(v) for v in ts.cpu()], 0
         return self._ts_host
+
+    def steps_left(self) -> int | None:
+        """Steps after this one in the scheduler's schedule (None without a scheduler)."""
+        ts = self._host_schedule()
+        return len(ts) - 1 - self.step if ts else None
 
     def _next_t(self) -> float | None:
         """The next step's timestep, from the scheduler's schedule when one was given (else unknown)."""
@@ -185,7 +197,7 @@ class DQARController:
     def _replan(self, i: int, change: float | None) -> tuple[bool, str]:
         """Layer i's plan again, with the change of its input known (the same rule, `decide`)."""
         return self.rule.decide_layer(self.config, self.s, i, host_float(self.H[i]), host_float(self.snr), change,
-                                      self.prompt_length)
+                                      self.prompt_length, self.steps_left())
 
     def computed_input(self, i: int, h: torch.Tensor) -> None:
         """Layer i computed from input h: the change gate measures later inputs against it."""
@@ -206,7 +218,7 @@ class DQARController:
         `x` may be a zero-argument callable (e.g. a residual to subtract), evaluated only when it is kept.
         """
         c = self.config
-        if c.enabled and not self.keep[i] and not c.forecast_order:  # a forecast needs the history: keep it
+        if c.enabled and not self.keep[i]:
             self.cache.drop((i, kind))
         elif c.enabled:
             x = x() if callable(x) else x
@@ -223,15 +235,18 @@ class DQARController:
 
     # ---- statistics ----------------------------------------------------------------------
     def wants_entropy(self) -> bool:
-        return self.config.enabled or self.config.collect_stats
+        """H_t is measured for the trace (`collect_stats`) or where a rule reads it (entropy gate, policy)."""
+        c = self.config
+        return c.collect_stats or c.enabled and (c.use_entropy_gate or c.use_policy)
 
     def set_entropy(self, i: int, H_t: torch.Tensor) -> None:
         self.H[i] = HostValue(H_t)
 
     def end_step(self, x_t: torch.Tensor, model_output: torch.Tensor) -> None:
         """After the forward: SNR_t from the predicted x0 and ||x_t||, read by the next step."""
-        if not (self.config.enabled or self.config.collect_stats) or self.t is None:
-            return
+        c = self.config
+        if not (c.collect_stats or c.enabled and (c.use_snr_gate or c.use_policy)) or self.t is None:
+            return  # SNR_t and ||x_t|| are for the trace, the SNR gate and the policy only
         self.x_norm = HostValue(latent_norm(x_t))
         acp = getattr(self.scheduler, "alphas_cumprod", None)
         if acp is None:

@@ -20,6 +20,7 @@ TRACES = DATA / "traces" / "traces.json"  # 03_traces
 QUANTIZATION_RESULTS = DATA / "calibration" / "quantization.json"  # 04_quantization
 POLICY_EVAL = DATA / "policy" / "policy_eval.json"  # 05_policy
 ABLATIONS = DATA / "results" / "ablations.json"  # 06_schedule_ablations
+FRONT = DATA / "results" / "front.json"  # 09_forecast
 GPU_RESULTS = DATA / "results" / "gpu"  # 07_gpu_benchmarks
 
 

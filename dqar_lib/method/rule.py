@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import gates
 from .config import DQARConfig
-from .schedule import layer_allowed, schedule_depth
+from .schedule import layer_allowed, schedule_depth, streak_cap
 
 
 @dataclass
@@ -30,6 +30,7 @@ class StepView:
     post_warmup_step: int | None  # steps since warmup ended (None: still in warmup)
     p_reuse: float | None = None
     change: float | None = None  # relative L1 change of the layer's input since it last computed (change gate)
+    steps_left: int | None = None  # steps after this one (None: unknown, no scheduler)
 
 
 def advance_post_warmup(post: int | None, step: int, s: float, warmup: float) -> int | None:
@@ -54,6 +55,8 @@ def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, st
         return bool(ok), "static" if ok else "static_compute"
     if v.s < cfg.warmup or v.post_warmup_step is None:
         return False, "warmup"
+    if cfg.end_computes and v.steps_left is not None and v.steps_left < cfg.end_computes:
+        return False, "end"
     if cfg.static_period:
         ok = v.post_warmup_step % cfg.static_period == cfg.static_period - 1
         return ok, "static" if ok else "static_compute"
@@ -61,7 +64,7 @@ def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, st
         depth = schedule_depth(v.s, cfg.warmup, cfg.schedule_depth_start, cfg.schedule_depth_end)
         if not layer_allowed(v.layer, v.num_layers, depth):
             return False, "schedule"
-    if not gates.streak_gate(v.streak, cfg.max_reuse_streak):
+    if not gates.streak_gate(v.streak, streak_cap(v.s, cfg.warmup, cfg.max_reuse_streak, cfg.max_reuse_streak_end)):
         return False, "streak"
     if cfg.use_policy:
         ok = v.p_reuse is not None and v.p_reuse >= cfg.policy_threshold
@@ -78,14 +81,15 @@ def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, st
 
 def plan_step(cfg: DQARConfig, step: int, s: float, H: list, snr: float | None, streaks: list[int],
               post_warmup: int | None, p_reuse: list | None = None,
-              prompt_length: int | None = None, change: list | None = None) -> list[tuple[bool, str]]:
+              prompt_length: int | None = None, change: list | None = None,
+              steps_left: int | None = None) -> list[tuple[bool, str]]:
     """`decide` for every layer of one step: H[i] is layer i's H_t, snr the step's SNR_t, streaks[i] its
     consecutive reuses so far, p_reuse[i] the policy's probability (None: no policy). One (reuse, reason) a layer."""
     L = len(H)
     p = [None] * L if p_reuse is None else p_reuse
     d = [None] * L if change is None else change
-    return [decide(cfg, StepView(step, s, i, L, H[i], snr, streaks[i], post_warmup, p[i], d[i]), prompt_length)
-            for i in range(L)]
+    return [decide(cfg, StepView(step, s, i, L, H[i], snr, streaks[i], post_warmup, p[i], d[i], steps_left),
+                   prompt_length) for i in range(L)]
 
 
 @functools.lru_cache(maxsize=32)
@@ -95,7 +99,7 @@ def _progress_passes(cfg: DQARConfig) -> DQARConfig:
 
 
 def keep_step(cfg: DQARConfig, step: int, s_next: float | None, num_layers: int, post_warmup: int | None,
-              prompt_length: int | None = None) -> list[bool]:
+              prompt_length: int | None = None, steps_left: int | None = None) -> list[bool]:
     """Whether each layer, computing at `step`, could reuse at step+1 (if not, storing its output is wasted work).
 
     The rule itself over an optimistic view of step+1: its progress s_next (warmup, schedule, the static
@@ -110,7 +114,20 @@ def keep_step(cfg: DQARConfig, step: int, s_next: float | None, num_layers: int,
     post = advance_post_warmup(post_warmup, step + 1, s_next, cfg.warmup)
     H, p = [0.0] * num_layers, [1.0] * num_layers
     zero = [0] * num_layers  # streaks of 0, and no change of the input (the change gate passes)
-    return [ok for ok, _ in plan_step(cfg, step + 1, s_next, H, cfg.snr_lo, zero, post, p, prompt_length, zero)]
+    left = None if steps_left is None else steps_left - 1
+    return [ok for ok, _ in plan_step(cfg, step + 1, s_next, H, cfg.snr_lo, zero, post, p, prompt_length, zero, left)]
+
+
+def keep_ahead(cfg: DQARConfig, step: int, s_ahead: list[float], num_layers: int, post_warmup: int | None,
+               prompt_length: int | None = None, steps_left: int | None = None) -> list[bool]:
+    """`keep_step` over the next len(s_ahead) steps (their progress): a layer's output is worth storing if any of
+    them could reuse it. A forecast of order k extrapolates from the last k+1 computes, so it looks k+1 ahead."""
+    keep, post = [False] * num_layers, post_warmup
+    for j, s_j in enumerate(s_ahead):
+        left = None if steps_left is None else steps_left - j
+        keep = [a or b for a, b in zip(keep, keep_step(cfg, step + j, s_j, num_layers, post, prompt_length, left))]
+        post = advance_post_warmup(post, step + j + 1, s_j, cfg.warmup)
+    return keep
 
 
 @dataclass
@@ -137,19 +154,27 @@ class RuleState:
         return self.step
 
     def plan(self, cfg: DQARConfig, s: float, H: list, snr: float | None, p_reuse: list | None = None,
-             prompt_length: int | None = None) -> list[tuple[bool, str]]:
+             prompt_length: int | None = None, steps_left: int | None = None) -> list[tuple[bool, str]]:
         """This step's (reuse, reason) for every layer (`plan_step` at the current state)."""
-        return plan_step(cfg, self.step, s, H, snr, self.streaks, self.post_warmup, p_reuse, prompt_length)
+        return plan_step(cfg, self.step, s, H, snr, self.streaks, self.post_warmup, p_reuse, prompt_length,
+                         steps_left=steps_left)
 
-    def keep(self, cfg: DQARConfig, s_next: float | None, prompt_length: int | None = None) -> list[bool]:
+    def keep(self, cfg: DQARConfig, s_next: float | None, prompt_length: int | None = None,
+             steps_left: int | None = None) -> list[bool]:
         """Whether each layer's fresh output this step may be served at the next (`keep_step`)."""
-        return keep_step(cfg, self.step, s_next, self.num_layers, self.post_warmup, prompt_length)
+        return keep_step(cfg, self.step, s_next, self.num_layers, self.post_warmup, prompt_length, steps_left)
+
+    def keep_ahead(self, cfg: DQARConfig, s_ahead: list[float], prompt_length: int | None = None,
+                   steps_left: int | None = None) -> list[bool]:
+        """Whether each layer's fresh output this step may be served within the next len(s_ahead) steps."""
+        return keep_ahead(cfg, self.step, s_ahead, self.num_layers, self.post_warmup, prompt_length, steps_left)
 
     def decide_layer(self, cfg: DQARConfig, s: float, layer: int, H_t: float | None, snr: float | None,
-                     change: float | None, prompt_length: int | None = None) -> tuple[bool, str]:
+                     change: float | None, prompt_length: int | None = None,
+                     steps_left: int | None = None) -> tuple[bool, str]:
         """One layer's (reuse, reason) at the current state, with its input change known (the change gate)."""
         v = StepView(self.step, s, layer, self.num_layers, H_t, snr, self.streaks[layer], self.post_warmup, None,
-                     change)
+                     change, steps_left)
         return decide(cfg, v, prompt_length)
 
     def record(self, layer: int, reused: bool) -> None:

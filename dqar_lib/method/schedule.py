@@ -26,6 +26,15 @@ def layer_allowed(layer: int, num_layers: int, depth: float) -> bool:
     return layer < math.ceil(depth * num_layers - 1e-9)
 
 
+def streak_cap(s: float, warmup: float, cap_start: int, cap_end: int | None) -> int:
+    """The cap on consecutive reuses at progress s: `cap_start`, or (with `cap_end`) rounded linearly from
+    cap_start right after warmup to cap_end at s = 1."""
+    if cap_end is None:
+        return cap_start
+    span = max(1e-9, 1.0 - warmup)
+    return round(cap_start + (cap_end - cap_start) * min(1.0, max(0.0, (s - warmup) / span)))
+
+
 def static_plan(num_steps: int, num_layers: int, warmup: float, period: int) -> tuple[tuple[bool, ...], ...]:
     """A DiTFastAttn-style fixed plan: after the warmup steps, every layer reuses on every `period`-th step."""
     if period < 2:

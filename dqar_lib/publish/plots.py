@@ -120,3 +120,18 @@ def pareto(ax, df, ours: tuple[str, ...] = ("dqar", "policy", "entropy", "SNR", 
     if ceiling is not None:
         ax.axvline(ceiling, color="k", ls="--", lw=0.8)
     ax.set(xlabel="speedup vs full compute (wall clock)", ylabel=f"PSNR vs full compute (dB, capped at {cap:.0f})")
+
+
+def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0) -> None:
+    """Speed vs quality as one line per family (a method over its knob), fastest-first; DQAR's families solid
+    with circles, peers dashed with squares, fewer steps dotted. PSNR is capped at `cap` dB; a legend names them."""
+    for i, (fam, g) in enumerate(df[df[family] != "full compute"].groupby(family, sort=False)):
+        g = g.sort_values("speedup")
+        mine, steps = fam.startswith(ours), fam.startswith("fewer")
+        ax.plot(g.speedup, g.psnr.clip(upper=cap), ls=":" if steps else "-" if mine else "--",
+                marker="o" if mine else "^" if steps else "s", ms=6 if mine else 4, lw=2 if mine else 1,
+                color=f"C{i % 10}", label=fam, zorder=3 if mine else 2)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set(xlabel="speedup vs 50-step full compute (wall clock)",
+           ylabel=f"PSNR vs 50-step full compute (dB, capped at {cap:.0f})")
+    ax.legend(fontsize=7, loc="upper right", ncol=2)

@@ -1,0 +1,154 @@
+"""The speed-quality front: every method against full compute, and against simply taking fewer steps, in one run.
+
+    rows = front_bench(model, labels, {"full": (None, 50), "ddim-25": (None, 25), "forecast": ("forecast", 50)})
+    speed_at_psnr(pd.DataFrame(rows), family="family", targets=(35, 40, 45))
+
+An entry is (method, steps[, scheduler]); each is prepared once, then timed `repeats` times round-robin (after
+`warmup` untimed rounds), so machine noise falls on all alike. Quality is PSNR / SSIM of each entry's images
+against the reference entry's (full compute at its steps, same seed and labels).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..models.sampling import default_guidance
+from .bench import summary, time_method
+from .methods import as_method, run_method
+from .metrics import psnr, ssim
+
+
+def front_bench(model: torch.nn.Module, labels, entries: dict[str, tuple], reference: str = "full", seed: int = 0,
+                repeats: int = 3, warmup: int = 1, guidance_scale: float | None = None,
+                progress: bool = True) -> list[dict]:
+    """One row per entry: median / IQR of the whole sampling call, speedup and PSNR / SSIM against `reference`,
+    reuse fraction (DQAR's own count; for other methods the skipped attention calls), steps and scheduler."""
+    if reference not in entries:
+        raise ValueError(f"reference {reference!r} is not an entry; entries are {list(entries)}")
+    guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
+    dev = next(model.parameters()).device
+    plan = {}
+    for name, e in entries.items():
+        if len(e) not in (2, 3):
+            raise ValueError(f"entry {name!r} must be (method, steps) or (method, steps, scheduler), got {e!r}")
+        method, steps, sched = as_method(e[0]), int(e[1]), e[2] if len(e) == 3 else "ddim"
+        kw = dict(num_steps=steps, scheduler=sched, seed=seed, guidance_scale=guidance, progress=False)
+        if method is not None:
+            method.prepare(model, labels, **kw)
+        plan[name] = (method, kw)
+    times, results = {n: [] for n in plan}, {}
+    bar = tqdm(total=(warmup + repeats) * len(plan), desc="front", disable=not progress, leave=False)
+    for r in range(warmup + repeats):
+        for name, (method, kw) in plan.items():
+            ms, results[name] = time_method(model, method, labels, kw, dev)
+            if r >= warmup:
+                times[name].append(ms)
+            bar.update()
+    bar.close()
+    ref, base_ms = results[reference], statistics.median(times[reference])
+    rows = []
+    for name, (_, kw) in plan.items():
+        res, s = results[name], summary(times[name])
+        rows.append(dict(method=name, steps=kw["num_steps"], scheduler=kw["scheduler"], **s,
+                         speedup=base_ms / s["median_ms"], reuse_fraction=res.stats.get("reuse_fraction", 0.0),
+                         psnr=psnr(res.images, ref.images), ssim=ssim(res.images, ref.images),
+                         peak_cache_bytes=res.stats.get("peak_cache_bytes", 0)))
+    return rows
+
+
+def speed_at_psnr(df, family: str = "family", targets=(35.0, 40.0, 45.0)) -> dict[str, dict[float, float | None]]:
+    """Each family's speedup at equal quality: its best speedup among points at or above the target PSNR, linearly
+    interpolated between the two points that bracket the target on the family's upper front (None: never reached).
+
+    `df` holds one row per point with columns `speedup`, `psnr` and `family` (e.g. "fewer steps", "SeaCache").
+    """
+    out = {}
+    for fam, g in df.groupby(family):
+        pts = sorted(zip(g.psnr.clip(upper=99.0), g.speedup), key=lambda p: -p[0])  # best quality first
+        front, best = [], -np.inf
+        for q, v in pts:  # the upper front: each point faster than every better-quality one
+            if v > best:
+                front.append((q, v))
+                best = v
+        res = {}
+        for t in targets:
+            above = [(q, v) for q, v in front if q >= t]
+            below = [(q, v) for q, v in front if q < t]
+            if not above:
+                res[t] = None
+            elif not below:
+                res[t] = max(v for _, v in above)
+            else:
+                (q1, v1), (q0, v0) = above[-1], below[0]  # the fastest point above, the best-quality one below
+                res[t] = v1 + (v0 - v1) * (q1 - t) / (q1 - q0)
+        out[fam] = res
+    return out
+
+
+def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor, num_steps: int = 50,
+                         scheduler: str = "ddim", per_class: int = 10, seed: int = 100, classifier=None) -> dict:
+    """Class accuracy and proxy FID (N = 10 * per_class, against `reference` images, e.g. CIFAR-10 test) of a
+    method's samples, class-major labels on one seed (`run_method`, so any method or full compute)."""
+    from .classifier import class_accuracy, class_major, load_classifier
+    from .metrics import proxy_fid
+
+    classifier = classifier if classifier is not None else load_classifier()
+    labels = class_major(10, per_class)
+    imgs = run_method(model, method, labels, num_steps=num_steps, scheduler=scheduler, seed=seed,
+                      progress=False).images
+    return dict(class_accuracy=class_accuracy(imgs, labels, classifier),
+                proxy_fid=proxy_fid(imgs, reference, classifier), quality_n=len(labels))
+
+
+def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dpm=(10, 15, 20, 25),
+                  forecast_caps=((1, 2), (1, 3), (1, 4), (2, 4), (2, 5))) -> dict[str, tuple[str, tuple]]:
+    """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
+    DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
+    the second), DQAR's gate preset and its order-0 static plan, and each diffusers peer over its main knob."""
+    from ..method.config import DQARConfig
+    from .peers import get_peer
+
+    fc = DQARConfig.preset("forecast")
+    e = {"full": ("full compute", (None, num_steps))}
+    e |= {f"DDIM-{k}": ("fewer DDIM steps", (None, k)) for k in fewer_ddim}
+    e |= {f"DPM-Solver-{k}": ("fewer DPM-Solver steps", (None, k, "dpm")) for k in fewer_dpm}
+    e |= {f"DQAR forecast {a}->{b}": ("DQAR forecast", (fc.replace(max_reuse_streak=a, max_reuse_streak_end=b),
+                                                         num_steps)) for a, b in forecast_caps}
+    e |= {"DQAR gates (dqar preset)": ("DQAR gates", ("dqar", num_steps)),
+          "DQAR static, order 0": ("DQAR static", (DQARConfig.preset("static", granularity="block"), num_steps)),
+          "DQAR static, order 1": ("DQAR static", (DQARConfig.preset("static", granularity="block",
+                                                                      forecast_order=1), num_steps))}
+    peers = {"SeaCache": ("seacache", "threshold", (0.1, 0.25, 0.4, 0.6)),
+             "MagCache": ("magcache", "threshold", (0.03, 0.06, 0.12)),
+             "FirstBlockCache": ("fbc", "threshold", (0.05, 0.1, 0.2)),
+             "TaylorSeer": ("taylorseer", "cache_interval", (3, 5)),
+             "PAB": ("pab", "skip_range", (2, 3))}
+    for fam, (peer, knob, values) in peers.items():
+        e |= {f"{fam} {knob}={v}": (fam, (get_peer(peer, **{knob: v}), num_steps)) for v in values}
+    return e
+
+
+def forecast_variants(num_steps: int = 50, scheduler: str = "ddim") -> dict[str, tuple]:
+    """What forecasting adds on fixed plans, name -> (method, steps, scheduler): the alternating plan (every block
+    reuses on every second step after warmup) and the forecast preset's front-loaded plan, each served as stored
+    (order 0) or extrapolated (order 1, 2; in the step index or the timestep), its history in fp32, fp16,
+    INT8 stored whole, or "delta" (fp16 base, INT8 deltas). The first entry is full compute, the reference."""
+    from ..method.config import DQARConfig
+
+    plans = {"alternate": DQARConfig.preset("static", granularity="block", cache_mode="fp32"),
+             "front-loaded": DQARConfig.preset("forecast", cache_mode="fp32")}
+    e = {"full": (None, num_steps, scheduler)}
+    for plan, cfg in plans.items():
+        e[f"{plan} | order 0 | fp32"] = (cfg.replace(forecast_order=0), num_steps, scheduler)
+        for order in (1, 2):
+            for absc in ("step", "t"):
+                e[f"{plan} | order {order} in {absc} | fp32"] = (cfg.replace(forecast_order=order, forecast_in=absc),
+                                                                num_steps, scheduler)
+            for mode in ("fp16", "int8_channel", "delta"):
+                e[f"{plan} | order {order} | {mode}"] = (cfg.replace(forecast_order=order, cache_mode=mode),
+                                                        num_steps, scheduler)
+    return e
