@@ -1,0 +1,78 @@
+"""The front: interleaved timing of every entry, speed at equal PSNR, the entries, the forecast preset's plan."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from dqar_lib import DQARConfig, sample, tiny_dit  # noqa: E402
+from dqar_lib.evaluation.front import forecast_variants, front_bench, front_entries, speed_at_psnr  # noqa: E402
+from dqar_lib.evaluation.methods import as_method  # noqa: E402
+from dqar_lib.method.rule import keep_ahead  # noqa: E402
+from dqar_lib.publish import plots  # noqa: E402
+
+
+def test_speed_at_psnr_interpolates_on_the_upper_front():
+    df = pd.DataFrame(dict(family=["A"] * 4 + ["B"], psnr=[50.0, 42.0, 30.0, 40.0, 38.0],
+                           speedup=[1.2, 1.8, 2.5, 1.5, 3.0]))
+    at = speed_at_psnr(df, targets=(45.0, 35.0, 55.0))
+    assert at["A"][45.0] == pytest.approx(1.2 + 0.6 * 5 / 8)  # between (50, 1.2) and (42, 1.8)
+    assert at["A"][35.0] == pytest.approx(1.8 + 0.7 * 7 / 12)  # (40, 1.5) is dominated by (42, 1.8): not used
+    assert at["A"][55.0] is None and at["B"][45.0] is None and at["B"][35.0] == 3.0
+
+
+def test_front_bench_times_every_entry_against_the_reference():
+    model = tiny_dit()
+    rows = front_bench(model, [1, 2], {"full": (None, 6), "fewer": (None, 3), "always": ("always", 6)},
+                       repeats=1, warmup=0, progress=False)
+    by = {r["method"]: r for r in rows}
+    assert by["full"]["speedup"] == 1.0 and by["full"]["psnr"] == float("inf")
+    assert by["fewer"]["steps"] == 3 and by["fewer"]["psnr"] < 99 and by["always"]["reuse_fraction"] > 0
+    with pytest.raises(ValueError, match="reference 'base'"):
+        front_bench(model, [1], {"full": (None, 2)}, reference="base")
+    with pytest.raises(ValueError, match="entry 'bad'"):
+        front_bench(model, [1], {"full": (None, 2), "bad": (None,)})
+
+
+def test_entries_cover_every_family_and_resolve():
+    e = front_entries()
+    families = {f for f, _ in e.values()}
+    assert {"fewer DDIM steps", "fewer DPM-Solver steps", "DQAR forecast", "SeaCache", "MagCache", "TaylorSeer",
+            "FirstBlockCache", "PAB"} <= families
+    for _, (method, steps, *_) in e.values():
+        as_method(method)  # every entry is a runnable method (or None, full compute)
+        assert steps > 0
+    v = forecast_variants()
+    assert next(iter(v)) == "full" and len({m.forecast_order for m, *_ in list(v.values())[1:]}) == 3
+
+
+def test_forecast_preset_front_loads_its_computes():
+    cfg = DQARConfig.preset("forecast")
+    assert (cfg.granularity, cfg.forecast_order, cfg.cache_mode) == ("block", 1, "delta")
+    res = sample(tiny_dit(), [1, 2], num_steps=30, seed=0, dqar=cfg, progress=False)
+    rows = res.controller.trace()
+    reuse = [any(r["reuse"] for r in rows if r["step"] == s) for s in range(30)]
+    assert not any(reuse[:6]) and not any(reuse[-cfg.end_computes:])  # warmup 0.2 and the end computes
+    runs, n = [], 0
+    for r in reuse[6:-cfg.end_computes]:
+        n = n + 1 if r else 0
+        runs.append(n)
+    assert max(runs[:8]) <= 1 < max(runs)  # one reuse at a time early, longer streaks later
+
+
+def test_keep_ahead_keeps_the_computes_before_a_reuse():
+    cfg = DQARConfig.preset("forecast")
+    # at progress 0.1 and 0.15 the next steps are still warmup; 0.2 is the first that may reuse
+    assert keep_ahead(cfg, 3, [0.1, 0.15], 2, None) == [False, False]
+    assert keep_ahead(cfg, 3, [0.15, 0.2], 2, None) == [True, True]
+
+
+def test_front_plot_draws_a_line_per_family():
+    df = pd.DataFrame(dict(family=["full compute", "DQAR forecast", "DQAR forecast", "SeaCache"],
+                           psnr=[float("inf"), 45.0, 40.0, 43.0], speedup=[1.0, 1.5, 1.9, 2.0]))
+    fig, ax = plt.subplots()
+    plots.front(ax, df)
+    assert len(ax.get_legend().get_texts()) == 2
+    plt.close(fig)
