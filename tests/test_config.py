@@ -26,7 +26,7 @@ def test_preset_overrides():
 @pytest.mark.parametrize("field,value", [
     ("tau", -0.1), ("tau", 1.5), ("warmup", 2.0), ("granularity", "block?"), ("cache_mode", "int4"),
     ("max_reuse_streak", -1), ("snr_lo", -1.0), ("cache_budget_bytes", -5), ("entropy_rows", 0),
-    ("cfg_layout", "middle"), ("tau_slope", math.inf),
+    ("cfg_layout", "middle"), ("tau_slope", math.inf), ("snr_hi", math.nan), ("snr_lo", math.nan), ("snr_hi", -1.0),
 ])
 def test_bad_values_name_field_and_value(field, value):
     with pytest.raises(ValueError, match=re.escape(f"DQARConfig.{field}={value!r} is invalid")):

@@ -35,3 +35,11 @@ def test_bad_profile_stops_early(nb, tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="profile='fast' is invalid"):
         pm.execute_notebook(str(nb), str(out), parameters={"profile": "fast"}, cwd=str(nb.parent),
                             progress_bar=False, kernel_name="python3")
+
+
+@each_notebook
+def test_unknown_parameter_is_refused(nb, tmp_path):
+    """papermill only warns on a parameter the notebook does not declare; the notebook refuses it, naming it."""
+    with pytest.raises(pm.PapermillExecutionError, match=r"unknown notebook parameter stepz: .*profile"):
+        pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"profile": "smoke", "stepz": 10},
+                            cwd=str(nb.parent), progress_bar=False, kernel_name="python3")

@@ -88,3 +88,13 @@ def test_record_traces_resumes_after_an_interruption(tmp_path, monkeypatch):
     part.write_text(json.dumps({"key": {"model": "x", "labels": [1, 2]}, "runs": {}}))
     with pytest.raises(ValueError, match="another model"):
         tracing.record_traces(model, [1, 2], runs, part)
+
+
+def test_unknown_parameters_read_from_the_kernel_history():
+    from dqar_lib.publish.notebook import unknown_parameters
+
+    params = 'profile = "smoke"  # comment\nsteps: int = 50\n'
+    history = ["", "import x", params, "# Parameters\nprofile = \"full\"\nstepz = 10\n", "check()"]
+    assert unknown_parameters(history) == (["stepz"], ["profile", "steps"])
+    assert unknown_parameters(history[:3]) == ([], [])  # no papermill: nothing injected
+    assert unknown_parameters(["", params, "# Parameters\nsteps = 3\n"]) == ([], ["profile", "steps"])

@@ -124,8 +124,10 @@ class DQARConfig:
             bad("tau_slope", "expected a finite number")
         if self.p_ref <= 0:
             bad("p_ref", "expected a positive token count")
-        if not (self.snr_lo >= 0 and not math.isnan(self.snr_hi)):
-            bad("snr_lo", "expected snr_lo >= 0")
+        if not (isinstance(self.snr_lo, (int, float)) and math.isfinite(self.snr_lo) and self.snr_lo >= 0):
+            bad("snr_lo", "expected a finite number >= 0")
+        if not (isinstance(self.snr_hi, (int, float)) and not math.isnan(self.snr_hi) and self.snr_hi >= 0):
+            bad("snr_hi", "expected a number >= 0 (math.inf for no upper bound)")
         if self.snr_lo > self.snr_hi:
             raise ValueError(f"DQARConfig SNR range is empty: snr_lo={self.snr_lo} > snr_hi={self.snr_hi}")
         if self.max_reuse_streak < 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 from ..models.sampling import SCHEDULERS
 
 PROFILES = ("smoke", "full")
@@ -15,7 +17,9 @@ def check_parameters(**params) -> None:
 
     Known names: profile, steps/num_steps, batch, depth, per_class, repeats, seed(s), scheduler, tau, alpha,
     guidance_scale, target_reuse, cheap_quantile, n_tau, n_snr.
+    Under papermill it first refuses a parameter the notebook does not declare (`refuse_unknown_parameters`).
     """
+    refuse_unknown_parameters()
     for name, v in params.items():
         if name == "profile" and v not in PROFILES:
             raise ValueError(f"parameter profile={v!r} is invalid: expected one of {PROFILES}")
@@ -37,6 +41,45 @@ def check_parameters(**params) -> None:
             raise ValueError(f"parameter {name}={v!r} is invalid: expected an integer from 2 to 12")
         if name == "guidance_scale" and not (isinstance(v, (int, float)) and v >= 1.0):
             raise ValueError(f"parameter guidance_scale={v!r} is invalid: expected a number >= 1")
+
+
+def _assigned(source: str) -> list[str]:
+    """The names a cell assigns at top level, in order (a cell that does not parse assigns none)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+
+
+def unknown_parameters(history: list[str]) -> tuple[list[str], list[str]]:
+    """(injected names the parameters cell does not declare, the declared names), from a kernel's input history.
+
+    papermill runs the notebook's `parameters` cell, then its injected cell, whose source starts with
+    "# Parameters"; `history` is the kernel's `In` list. Without an injected cell both lists are empty.
+    """
+    for i in range(len(history) - 1, 0, -1):
+        if history[i].lstrip().startswith("# Parameters"):
+            declared = _assigned(history[i - 1])
+            return [n for n in _assigned(history[i]) if n not in declared], declared
+    return [], []
+
+
+def refuse_unknown_parameters() -> None:
+    """Raise if papermill injected a parameter the notebook does not declare (`-p stepz 10`), naming it and the
+    known ones: papermill itself only logs a warning and runs on the defaults. Outside a kernel it does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    unknown, declared = unknown_parameters(list(shell.user_ns.get("In", [])))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+                         f"this notebook's parameters are {', '.join(declared)}")
 
 
 def glue(name: str, value, display: bool = False) -> None:
