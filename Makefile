@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
 
-# Open the built book in headless Chromium (Debian's `chromium`, via Playwright): screenshots of the first page,
-# the results page and the explorer before/after a slider move into data/screenshots/; no network requests allowed.
+# Open every page of the built book in headless Chromium (Debian's `chromium`, via Playwright): no network requests,
+# no stderr/warning blocks or raw reprs, images loaded, tables fit, the explorer reacts; screenshots in _build/screenshots/.
 CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
 check-book: book
 	@if [ -z "$(CHROMIUM)" ]; then echo "check-book skipped: no chromium on PATH (apt-get install chromium)"; exit 0; fi; \

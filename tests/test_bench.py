@@ -253,3 +253,21 @@ def test_dominating_lists_strictly_better_points():
     assert dominating(df) == ["better", "closer only"]
     with pytest.raises(ValueError, match="method 'policy' is not in the table"):
         dominating(df, "policy")
+
+
+def test_compiled_run_that_would_fall_back_to_eager_is_refused(monkeypatch):
+    """dynamo's default on hitting its recompile limit is a warning and a silent eager run; the benchmark fails
+    instead, naming the method, and counts each method's compiled graphs otherwise."""
+    import dqar_lib.evaluation.bench as bench
+
+    torch._dynamo.reset()
+    model = tiny_dit()
+    rows = bench_sampling(model, [0, 1], {"full": None}, num_steps=2, repeats=1, warmup=0, compile=True,
+                          compile_options=dict(backend="eager"), progress=False)
+    assert rows[0]["compiled_graphs"] >= 1
+    torch._dynamo.reset()
+    monkeypatch.setattr(bench, "compile_limits", lambda n: dict(recompile_limit=1, fail_on_recompile_limit_hit=True))
+    with pytest.raises(RuntimeError, match="compiled run of 'full' hit dynamo's recompile limit"):
+        bench_sampling(model, [0, 1], {"full": None}, num_steps=2, repeats=1, warmup=0, compile=True,
+                       compile_options=dict(backend="eager"), progress=False)
+    assert torch._dynamo.config.recompile_limit == 8  # the patch is undone

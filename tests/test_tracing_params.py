@@ -98,3 +98,15 @@ def test_unknown_parameters_read_from_the_kernel_history():
     assert unknown_parameters(history) == (["stepz"], ["profile", "steps"])
     assert unknown_parameters(history[:3]) == ([], [])  # no papermill: nothing injected
     assert unknown_parameters(["", params, "# Parameters\nsteps = 3\n"]) == ([], ["profile", "steps"])
+
+
+def test_record_trace_stops_after_max_steps_with_the_full_runs_first_rows(dit):
+    full = record_trace(dit, [1, 2], num_steps=6, seed=0)
+    short = record_trace(dit, [1, 2], num_steps=6, seed=0, max_steps=2)
+    layers = len({r["layer"] for r in full})
+    assert len(short) == 2 * layers and {r["step"] for r in short} == {0, 1}
+    for a, b in zip(short, full):
+        assert a.keys() == b.keys()
+        assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)  # equal, or both NaN
+    with pytest.raises(ValueError, match="max_steps=7 is invalid"):
+        record_trace(dit, [1], num_steps=6, max_steps=7)

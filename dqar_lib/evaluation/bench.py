@@ -11,6 +11,7 @@ round-robin so that machine noise falls on all methods alike. Speedups are ratio
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -228,7 +229,10 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     results = {}
     peak = dict.fromkeys(methods)
     skip_hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
+    graphs = dict.fromkeys(methods, 0)
+    dynamo = torch._dynamo.config.patch(**compile_limits(len(blocks))) if compile else contextlib.nullcontext()
     try:
+        dynamo.__enter__()
         if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
             torch._dynamo.config.skip_nnmodule_hook_guards = False
         for block in blocks:
@@ -241,7 +245,14 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
             for name, method in methods.items():
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
-                ms, results[name] = time_method(model, method, labels, kwargs, dev, blocks, compiled, compile_options)
+                before = _dynamo_graphs()
+                try:
+                    ms, results[name] = time_method(model, method, labels, kwargs, dev, blocks, compiled,
+                                                    compile_options)
+                except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+                    raise RuntimeError(f"the compiled run of {name!r} hit dynamo's recompile limit ({e}); a compiled "
+                                       "row that fell back to eager is not reported") from e
+                graphs[name] += _dynamo_graphs() - before
                 if r >= warmup:
                     times[name].append(ms)
                     if dev.type == "cuda":
@@ -252,7 +263,24 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
         for block in blocks:
             block._compiled_call_impl = None  # undo nn.Module.compile()
         torch._dynamo.config.skip_nnmodule_hook_guards = skip_hook_guards
-    return _rows(model, n, methods, times, results, peak, num_steps, guidance, compile, text_tokens)
+        dynamo.__exit__(None, None, None)
+    rows = _rows(model, n, methods, times, results, peak, num_steps, guidance, compile, text_tokens)
+    for r in rows:
+        r["compiled_graphs"] = graphs[r["method"]] if compile else None
+    return rows
+
+
+def compile_limits(n_blocks: int) -> dict:
+    """torch._dynamo settings for a compiled benchmark: every block (and every DQAR compute path) compiles the same
+    code objects, so each may need its own graph; allow that many, and fail instead of silently running eager
+    when a run needs more (dynamo's default is to log a warning and fall back)."""
+    return dict(recompile_limit=max(8, 4 * n_blocks + 8), fail_on_recompile_limit_hit=True)
+
+
+def _dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _rows(model, n, methods, times, results, peak, num_steps, guidance, compiled, text_tokens=None) -> list[dict]:

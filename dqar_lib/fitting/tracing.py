@@ -20,8 +20,13 @@ def trace_matrix(trace: list[dict], field: str) -> np.ndarray:
     return m
 
 
+class _Stop(Exception):
+    """Raised by record_trace's step callback after `max_steps` steps."""
+
+
 def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddim", seed: int = 0,
-                 guidance_scale: float | None = None, progress: bool = False) -> list[dict]:
+                 guidance_scale: float | None = None, progress: bool = False,
+                 max_steps: int | None = None) -> list[dict]:
     """Full-compute sampling run that records, per (step, layer), what a reuse decision would face.
 
     Each row: step, t, layer, H_t / SNR_t / x_norm as the controller saw them before the step (one step
@@ -32,8 +37,17 @@ def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddi
     import torch
 
     from ..method.config import DQARConfig
-    from ..method.hooks import self_attention_modules
+    from ..method.hooks import get_controller, self_attention_modules
     from ..models.sampling import sample
+
+    if max_steps is not None and not (isinstance(max_steps, int) and 0 < max_steps <= num_steps):
+        raise ValueError(f"max_steps={max_steps!r} is invalid: expected None or an integer in [1, {num_steps}]")
+    seen = {}
+
+    def stop_after(i, _t):
+        seen.setdefault("ctl", get_controller(model))
+        if max_steps is not None and i == max_steps:
+            raise _Stop
 
     prev: dict[int, torch.Tensor] = {}
     change: list[tuple[float, float]] = []  # in call order: (step, layer) row-major
@@ -53,13 +67,15 @@ def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddi
 
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(self_attention_modules(model))]
     try:
-        res = sample(model, class_labels, num_steps=num_steps, scheduler=scheduler, seed=seed,
-                     guidance_scale=guidance_scale, dqar=DQARConfig.preset("off", collect_stats=True),
-                     progress=progress)
+        sample(model, class_labels, num_steps=num_steps, scheduler=scheduler, seed=seed,
+               guidance_scale=guidance_scale, dqar=DQARConfig.preset("off", collect_stats=True),
+               progress=progress, step_callback=stop_after)
+    except _Stop:
+        pass
     finally:
         for h in handles:
             h.remove()
-    rows = res.controller.trace()
+    rows = seen["ctl"].trace()
     if len(rows) != len(change):
         raise RuntimeError(f"trace has {len(rows)} rows but {len(change)} attention calls were seen")
     for r, (rel, cos) in zip(rows, change):

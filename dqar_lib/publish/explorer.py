@@ -62,7 +62,7 @@ def _figure_png(run_rows, cfg, title: str) -> bytes:
     from . import plots
 
     plan = replay(run_rows, cfg)
-    fig, ax = plt.subplots(figsize=(7.5, 2.4), dpi=72)
+    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=80)
     plots.reuse_map(ax, [dict(step=s, layer=i, reuse=bool(plan[s, i])) for s in range(plan.shape[0])
                          for i in range(plan.shape[1])], title=title)
     fig.tight_layout()
@@ -90,7 +90,7 @@ def explorer_widget(rows: list[dict], base: DQARConfig, summaries: dict[tuple, d
     def leaf(key):
         s = summaries[key]
         per_mode = ", ".join(f"{m} {s['error_per_reuse'] + e:.3f}" for m, e in quant_errors.items())
-        title = f"reuse {s['reuse_fraction']:.2f} | error per reuse: {per_mode}"
+        title = f"reuse fraction {s['reuse_fraction']:.2f}\npredicted error per reuse (rel. L2): {per_mode}"
         return w.Image(value=_figure_png(shown, grid_config(base, *key), title), format="png")
 
     sliders = [w.SelectionSlider(options=[(f"{v:g}", i) for i, v in enumerate(vals)], value=0, description=name,

@@ -18,8 +18,11 @@ def style() -> None:
 def reuse_map(ax, trace: list[dict], title: str = "reuse map") -> None:
     """(layer x step) heatmap: dark where the block reused, light where it recomputed."""
     m = trace_matrix(trace, "reuse").astype(float).T  # (L, S)
-    sns.heatmap(m, ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, linewidths=0.2, linecolor="white")
-    ax.set(xlabel="step", ylabel="layer (0 = shallowest)", title=title)
+    sns.heatmap(m, ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, linewidths=0.2, linecolor="white",
+                xticklabels=5 if m.shape[1] > 20 else 1, yticklabels=2 if m.shape[0] > 16 else 1)
+    ax.set(xlabel="denoising step", ylabel="layer (0 = shallowest)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7, rotation=0)
     ax.invert_yaxis()
 
 
@@ -41,13 +44,25 @@ def step_line(ax, trace: list[dict], field: str, ylabel: str | None = None, log:
     ax.set(xlabel="step", ylabel=ylabel or field, yscale="log" if log else "linear")
 
 
-def bars(ax, values: dict[str, float], ylabel: str, fmt: str = "{:.0f}") -> None:
-    """Labelled bars, the value written on each."""
-    names, vals = list(values), [values[k] for k in values]
-    sns.barplot(x=names, y=vals, ax=ax, hue=names, legend=False)
-    for i, v in enumerate(vals):
-        ax.text(i, v, fmt.format(v), ha="center", va="bottom", fontsize=8)
-    ax.set(ylabel=ylabel)
+def bars(ax, values: dict[str, float], ylabel: str, fmt: str = "{:.0f}", horizontal: bool | None = None) -> None:
+    """Labelled bars, the value written on each. `horizontal` (default: when there are more than eight bars or a
+    label longer than twelve characters) lays them sideways, so that long names never run into each other;
+    `ylabel` names the value axis either way."""
+    names, vals = [str(k) for k in values], [values[k] for k in values]
+    if horizontal is None:
+        horizontal = len(names) > 8 or max((len(n) for n in names), default=0) > 12
+    if horizontal:
+        sns.barplot(y=names, x=vals, ax=ax, hue=names, legend=False, orient="h")
+        for i, v in enumerate(vals):
+            ax.text(v, i, " " + fmt.format(v), ha="left", va="center", fontsize=8)
+        ax.set(xlabel=ylabel, ylabel=None)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlim(right=max(vals, default=1) * 1.18 if max(vals, default=0) > 0 else None)
+    else:
+        sns.barplot(x=names, y=vals, ax=ax, hue=names, legend=False)
+        for i, v in enumerate(vals):
+            ax.text(i, v, fmt.format(v), ha="center", va="bottom", fontsize=8)
+        ax.set(ylabel=ylabel)
 
 
 def loss_curve(ax, loss, history: list[dict] | None = None) -> None:
@@ -104,22 +119,27 @@ def scatter_rank(ax, x, y, xlabel: str, ylabel: str, logx: bool = False, logy: b
 
 
 def pareto(ax, df, ours: tuple[str, ...] = ("dqar", "policy", "entropy", "SNR", "schedule"), cap: float = 60.0,
-           ceiling: float | None = None) -> None:
-    """Speed vs quality, one point per method: DQAR's variants as circles, peers as squares.
+           ceiling: float | None = None, highlight: str = "dqar") -> None:
+    """Speed vs quality, one point per method: DQAR's variants as circles, peers as squares, each its own colour,
+    named in a legend beside the axes (point labels would overlap where methods crowd).
 
     `df` is indexed by method with columns `speedup` and `psnr` (the full-compute row is skipped); PSNR is
-    capped at `cap` dB so that lossless methods stay on the plot. `ceiling`: a dashed line at that speedup.
+    capped at `cap` dB so that lossless methods stay on the plot. `highlight`: the row drawn large with an edge.
+    `ceiling`: a dashed line at that speedup.
     """
-    for m, r in df.drop(index="full", errors="ignore").iterrows():
+    rows = df.drop(index="full", errors="ignore")
+    tab20 = sns.color_palette("tab20", 20)
+    colours = (tab20[0::2] + tab20[1::2]) * 2  # the ten strong colours first, then their light pairs
+    for (m, r), colour in zip(rows.iterrows(), colours):
         mine = m.startswith(ours)
-        y = min(r.psnr, cap)
-        ax.scatter(r.speedup, y, s=70 if m == "dqar" else 30, marker="o" if mine else "s",
-                   color="C0" if mine else "C1", zorder=3, edgecolor="k" if m == "dqar" else None)
-        ax.annotate(m, (r.speedup, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.scatter(r.speedup, min(r.psnr, cap), s=90 if m == highlight else 40, marker="o" if mine else "s",
+                   color=colour, zorder=3, edgecolor="k", linewidth=1.5 if m == highlight else 0.3, label=m)
     ax.axvline(1.0, color="k", lw=0.8)
     if ceiling is not None:
-        ax.axvline(ceiling, color="k", ls="--", lw=0.8)
+        ax.axvline(ceiling, color="k", ls="--", lw=0.8, label="attention-reuse ceiling (FLOPs)")
     ax.set(xlabel="speedup vs full compute (wall clock)", ylabel=f"PSNR vs full compute (dB, capped at {cap:.0f})")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              title="circles: DQAR; squares: peers", title_fontsize=7)
 
 
 def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0) -> None:
