@@ -176,6 +176,58 @@ class DQARConfig:
     def replace(self, **changes) -> "DQARConfig":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready (`static_plan` as nested lists; snr_hi may be inf, which json writes as Infinity)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "DQARConfig":
+        """The config with these fields (others default); an unknown field name is a ValueError naming it."""
+        unknown = sorted(set(fields) - _FIELDS)
+        if unknown:
+            raise ValueError(f"unknown DQARConfig field(s) {unknown}; known fields: {', '.join(sorted(_FIELDS))}")
+        fields = dict(fields)
+        if fields.get("static_plan") is not None:
+            fields["static_plan"] = tuple(tuple(bool(v) for v in row) for row in fields["static_plan"])
+        return cls(**fields)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["tau=0.9", "cfg_share=true", "snr_hi=inf", "policy_path=none"]` as typed DQARConfig fields.
+
+    Each value is read as its field's type (bool: true/false, int, float, str; "none" where the field takes
+    None); a malformed pair, an unknown name or an unreadable value is a ValueError naming it. The values are
+    validated when the config is built (`DQARConfig.preset(name, **overrides)`)."""
+    out = {}
+    for pair in pairs:
+        name, eq, text = pair.partition("=")
+        name, text = name.strip(), text.strip()
+        if not eq or not name:
+            raise ValueError(f"override {pair!r} is not of the form name=value (e.g. tau=0.9)")
+        if name not in _FIELDS:
+            raise ValueError(f"override {pair!r} names no DQARConfig field; known fields: {', '.join(sorted(_FIELDS))}")
+        out[name] = _parse_field(name, text, pair)
+    return out
+
+
+def _parse_field(name: str, text: str, pair: str):
+    kind = _FIELD_TYPES[name]
+    if "None" in kind and text.lower() == "none":
+        return None
+    base = kind.replace("| None", "").strip()
+    try:
+        if base == "bool":
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if base in ("int", "float"):
+            return {"int": int, "float": float}[base](text)
+        if base == "str":
+            return text
+    except ValueError:
+        raise ValueError(f"override {pair!r}: {name} takes a {kind}, and {text!r} is not one") from None
+    raise ValueError(f"override {pair!r}: {name} ({kind}) cannot be set from the command line")
+
 
 _NO_GATES = dict(use_entropy_gate=False, use_snr_gate=False, use_schedule=False)
 
@@ -208,3 +260,5 @@ PRESETS: dict[str, dict] = {
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),
 }
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(DQARConfig))
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(DQARConfig)}

@@ -12,6 +12,7 @@ import torch
 
 from .cache import ReuseCache, storage_mode
 from .config import DQARConfig
+from .gates import tau_for_prompt
 from .host import HostValue, host_float
 from .noise import dit_alphas_cumprod
 from .rule import RuleState
@@ -269,6 +270,30 @@ class DQARController:
         """One row per (step, layer): t, H_t, SNR_t, ||x_t|| (the values the decision saw), reuse, reason."""
         return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), u, why, d)))
                 for (s, t, i, h, r, n, u, why, d) in self.rows]
+
+    def refusal(self) -> str | None:
+        """Why this run reused nothing, in one sentence naming the rule that refused most and what it saw (the
+        observed H_t or SNR_t range against its threshold); None if it reused, was off, or ran no step."""
+        if not self.config.enabled or not self.rows or sum(self.reused):
+            return None
+        reasons = [r[7] for r in self.rows if r[7] not in ("warmup", "missing")]
+        if not reasons:
+            return f"every step fell in warmup={self.config.warmup} (or had nothing cached): no step could reuse"
+        why = max(set(reasons), key=reasons.count)
+        c = self.config
+        if why == "entropy":
+            H = [host_float(r[3]) for r in self.rows if r[7] == "entropy" and r[3] is not None]
+            H = [h for h in H if h == h]
+            seen = f"H_t in [{min(H):.2f}, {max(H):.2f}]" if H else "H_t never measured"
+            tau = tau_for_prompt(c.tau, self.prompt_length, c.tau_slope, c.p_ref)
+            at = f"tau(p={self.prompt_length})={tau:.3g}" if tau != c.tau else f"tau={c.tau:g}"
+            return f"the entropy gate refused every reuse: {seen}, not below {at}"
+        if why == "snr":
+            snr = [host_float(r[4]) for r in self.rows if r[7] == "snr" and r[4] is not None]
+            snr = [v for v in snr if v == v]
+            seen = f"SNR_t in [{min(snr):.3g}, {max(snr):.3g}]" if snr else "SNR_t never measured"
+            return f"the SNR gate refused every reuse: {seen}, outside [snr_lo={c.snr_lo:g}, snr_hi={c.snr_hi:g}]"
+        return f"the {why!r} rule refused every reuse after warmup ({reasons.count(why)} of {len(reasons)} decisions)"
 
     def stats(self) -> dict:
         total = sum(self.reused) + sum(self.computed)

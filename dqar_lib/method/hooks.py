@@ -6,6 +6,7 @@ compute (and, on compute, hands back what it produced). No decision is made here
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -248,3 +249,29 @@ def _detach(ctl: DQARController) -> None:
 
 def get_controller(transformer: torch.nn.Module) -> DQARController | None:
     return getattr(transformer, _ATTR, None)
+
+
+@contextlib.contextmanager
+def dqar(pipe_or_transformer, config: DQARConfig | str | None = "dqar", **apply_kwargs):
+    """`with dqar(pipe, "dqar"): images = pipe(...)`: DQAR attached to `pipe.transformer` with `pipe.scheduler`
+    for the block, removed on exit (an exception included); yields the controller.
+
+    A bare transformer works too (pass `scheduler=` in `apply_kwargs` for SNR_t on its schedule). diffusers'
+    PixArt pipelines put the unconditional half of a CFG batch first, so there `cfg_layout` becomes
+    "cond_second" (DiT's pipeline puts it second: "cond_first", the default).
+    """
+    transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
+    if not isinstance(transformer, torch.nn.Module):
+        raise TypeError(f"dqar() needs a diffusers pipeline with a .transformer or a transformer module, got "
+                        f"{type(pipe_or_transformer).__name__}")
+    if transformer is not pipe_or_transformer:
+        apply_kwargs.setdefault("scheduler", getattr(pipe_or_transformer, "scheduler", None))
+        if type(pipe_or_transformer).__name__.startswith("PixArt"):
+            config = config if isinstance(config, DQARConfig) else DQARConfig.preset(config or "dqar")
+            config = config.replace(cfg_layout="cond_second")
+    ctl = apply_dqar(transformer, config, **apply_kwargs)
+    try:
+        yield ctl
+    finally:
+        if get_controller(transformer) is ctl:
+            remove_dqar(transformer)

@@ -6,8 +6,11 @@ DiT-style models are class-conditional (`class_labels`); PixArt-style models tak
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -15,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..method.config import DQARConfig
 from ..method.controller import DQARController
+from ..method.files import atomic_write
 from ..method.hooks import apply_dqar, get_controller, remove_dqar
 from ..method.noise import NOISE_SCHEDULE
 
@@ -38,6 +42,24 @@ class SampleResult:
     stats: dict = field(default_factory=dict)
     seconds: float = 0.0
 
+    def save(self, out_dir: str | Path, prefix: str = "image") -> list[Path]:
+        """Write each image as `{prefix}_{i:03d}.png` and `{prefix}s.json` (seconds, DQAR's stats, the file names)
+        into `out_dir`, each atomically; returns the PNG paths (none for a latent model sampled without a VAE)."""
+        from PIL import Image
+
+        out_dir = Path(out_dir)
+        paths = []
+        for i, img in enumerate([] if self.images is None else self.images):  # img (3, H, W) in [0, 1]
+            path = out_dir / f"{prefix}_{i:03d}.png"
+            with atomic_write(path, "wb") as f:
+                Image.fromarray(img.mul(255).round().byte().permute(1, 2, 0).numpy()).save(f, format="PNG")
+            paths.append(path)
+        meta = dict(images=[p.name for p in paths], latent_shape=list(self.latents.shape), seconds=self.seconds,
+                    stats=self.stats)
+        with atomic_write(out_dir / f"{prefix}s.json") as f:
+            json.dump(meta, f, indent=1, default=float)
+        return paths
+
 
 def default_guidance(model: torch.nn.Module) -> float:
     """The guidance scale recorded with a shipped model (dqar_model.json), else DiT's 1.5."""
@@ -59,12 +81,14 @@ def is_text_conditioned(model: torch.nn.Module) -> bool:
 
 
 def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, negative_embeds=None,
-                 use_cfg: bool = False) -> tuple[int, dict]:
+                 use_cfg: bool = False, prompt_mask=None, negative_mask=None) -> tuple[int, dict]:
     """The number of images and the model's conditioning kwargs for one (CFG-doubled, conditional first) batch.
 
     DiT: `class_labels` (N,) ints in [0, num_classes); the null class is the unconditional half.
     PixArt: `prompt_embeds` (N, T, caption_channels); `negative_embeds` (1 or N, T, caption_channels) is the
     unconditional half, zeros when None (a pipeline would pass the embedding of the empty prompt).
+    `prompt_mask` (N, T) / `negative_mask` (1 or N, T), 1 on real tokens, become `encoder_attention_mask` (padding
+    then attends nowhere, and tau(p) reads p from the mask); negative_mask defaults to prompt_mask.
     """
     if is_text_conditioned(model):
         if class_labels is not None:
@@ -82,7 +106,15 @@ def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, 
                 raise ValueError(f"negative_embeds must be (1 or {n}, {prompt_embeds.shape[1]}, {C}), "
                                  f"got {tuple(neg.shape)}")
             emb = torch.cat([prompt_embeds, neg.expand_as(prompt_embeds)])
-        return n, dict(encoder_hidden_states=emb, added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+        out = dict(encoder_hidden_states=emb, added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+        if prompt_mask is not None:
+            mask = _mask(prompt_mask, prompt_embeds.shape[:2], "prompt_mask")
+            if use_cfg:
+                neg_mask = mask if negative_mask is None else \
+                    _mask(negative_mask, (negative_mask.shape[0], prompt_embeds.shape[1]), "negative_mask")
+                mask = torch.cat([mask, neg_mask.expand_as(mask)])
+            out["encoder_attention_mask"] = mask
+        return n, out
     if prompt_embeds is not None:
         raise ValueError(f"{type(model).__name__} is class-conditional: pass class_labels, not prompt_embeds")
     num_classes = getattr(model.config, "num_embeds_ada_norm", None)
@@ -99,11 +131,34 @@ def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, 
                                 else labels)
 
 
+def _mask(mask, shape, name: str) -> torch.Tensor:
+    mask = torch.as_tensor(mask)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must be {tuple(shape)} (one 0/1 per caption token), got {tuple(mask.shape)}")
+    return mask
+
+
+_WARNED: set = set()
+
+
+def _warn_no_reuse(model: torch.nn.Module, ctl: DQARController) -> None:
+    """Say once per (model class, config) that DQAR reused nothing, naming the rule that refused."""
+    why = ctl.refusal()
+    key = (type(model).__name__, ctl.config)
+    if why is None or key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(f"DQAR reused nothing on this {type(model).__name__}: {why}. Fit the gates to this model with "
+                  "dqar_lib.calibrate(model, budget=...), or relax them (DQARConfig.preset(name, tau=...)).",
+                  RuntimeWarning, stacklevel=4)  # the caller of sample (under no_grad)
+
+
 @torch.no_grad()
 def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guidance_scale: float | None = None,
            seed: int = 0, scheduler: str = "ddim", dqar: DQARConfig | str | None = None, progress: bool = True,
            vae=None, step_callback=None, compile: bool = False, compile_options: dict | None = None,
-           prompt_embeds: torch.Tensor | None = None, negative_embeds: torch.Tensor | None = None) -> SampleResult:
+           prompt_embeds: torch.Tensor | None = None, negative_embeds: torch.Tensor | None = None,
+           prompt_mask: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> SampleResult:
     """Sample one image per label (DiT) or per prompt embedding (PixArt; see `conditioning`).
 
     `dqar` (a DQARConfig or preset name) is attached for this call only.
@@ -112,12 +167,13 @@ def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guida
     With guidance_scale > 1 the conditional and unconditional halves run in one batch (conditional first).
     `step_callback(i, t)` runs before each model call (peers' caches read the current step from it).
     `compile` / `compile_options` go to `apply_dqar` (regional compile of DQAR's compute paths).
+    A DQAR run that reuses nothing warns once (per model class and config), naming the gate that refused.
     """
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     guidance_scale = default_guidance(model) if guidance_scale is None else float(guidance_scale)
     _check(num_steps, guidance_scale, scheduler)
     use_cfg = guidance_scale > 1.0  # classifier-free guidance: both halves in one batch
-    n, cond = conditioning(model, class_labels, prompt_embeds, negative_embeds, use_cfg)
+    n, cond = conditioning(model, class_labels, prompt_embeds, negative_embeds, use_cfg, prompt_mask, negative_mask)
     cond = {k: v.to(device, dtype if v.is_floating_point() else v.dtype) if isinstance(v, torch.Tensor) else v
             for k, v in cond.items()}  # labels stay integers, caption embeddings take the model's dtype
     sched = make_scheduler(scheduler, pixel_space=model.config.in_channels == 3)
@@ -146,6 +202,8 @@ def sample(model: torch.nn.Module, class_labels=None, num_steps: int = 50, guida
         if device.type == "cuda":
             torch.cuda.synchronize()
         stats = ctl.stats() if ctl is not None else {}
+        if ctl is not None:
+            _warn_no_reuse(model, ctl)
     finally:
         if attached:
             remove_dqar(model)

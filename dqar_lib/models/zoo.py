@@ -68,30 +68,56 @@ def random_real(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Modul
     return spec["cls"](**spec["config"]).to(dtype).eval()
 
 
+def looks_like_hub_id(name: str | Path) -> bool:
+    """"org/name" that is no local path: a Hugging Face hub id."""
+    text = str(name)
+    return not Path(text).exists() and not text.startswith((".", "/", "~")) and text.count("/") == 1 \
+        and all(part.strip() for part in text.split("/"))
+
+
+def _model_class(config: Path) -> type:
+    """The diffusers model class a config.json names (`_class_name`), else DiT or PixArt by its keys."""
+    import diffusers
+
+    try:
+        data = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config} is not valid JSON: {e}") from None
+    cls = getattr(diffusers, str(data.get("_class_name")), None)
+    if isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin):
+        return cls
+    return PixArtTransformer2DModel if "caption_channels" in data else DiTTransformer2DModel
+
+
 def load_model(name_or_path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Load the shipped default (no argument), a local diffusers-format model, or a hub id (Colab)."""
+    """Load a transformer: the shipped default (no argument), a local diffusers model folder (config.json) or
+    pipeline folder (model_index.json: its `transformer`), or any hub id "org/name" (a pipeline repo's
+    transformer, or a model repo). Offline, a hub id is a ConnectionError naming it."""
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
-    path = Path(name_or_path)
-    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path) not in REAL_MODELS:
-        if not path.exists():
-            raise FileNotFoundError(f"model path not found: {path}")
-        config = path / "config.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"{path} is not a diffusers model folder: {config} is missing")
-        cls = PixArtTransformer2DModel if "PixArt" in config.read_text() else DiTTransformer2DModel
-        try:
-            model = cls.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).eval()
-        except Exception as e:  # safetensors/json errors name no file; say which
-            files = ", ".join(str(p) for p in sorted(path.glob("*.safetensors"))) or str(config)
-            raise ValueError(f"could not load the model in {files}: {e}") from None
-        meta = path / "dqar_model.json"
-        model.dqar_meta = json.loads(meta.read_text()) if meta.is_file() else {}
-        return model
-    return _load_from_hub(str(name_or_path), dtype)
+    if looks_like_hub_id(name_or_path):
+        return _load_from_hub(str(name_or_path), dtype)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model path not found: {path} (neither a local folder nor a hub id 'org/name')")
+    if (path / "model_index.json").is_file():  # a pipeline folder: its transformer
+        path = path / "transformer"
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path} is not a diffusers model folder: {config} is missing")
+    cls = _model_class(config)
+    try:
+        model = cls.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).eval()
+    except Exception as e:  # safetensors/json errors name no file; say which
+        files = ", ".join(str(p) for p in sorted(path.glob("*.safetensors"))) or str(config)
+        raise ValueError(f"could not load the model in {files}: {e}") from None
+    meta = path / "dqar_model.json"
+    model.dqar_meta = json.loads(meta.read_text()) if meta.is_file() else {}
+    return model
 
 
-def _load_from_hub(name: str, dtype: torch.dtype) -> torch.nn.Module:
+def require_hub(name: str) -> None:
+    """A ConnectionError naming `name` unless the Hugging Face hub answers (HF_HUB_OFFLINE counts as offline)."""
     import socket
     from urllib.parse import urlparse
 
@@ -104,8 +130,27 @@ def _load_from_hub(name: str, dtype: torch.dtype) -> torch.nn.Module:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError:
         raise ConnectionError(
-            f"cannot reach the Hugging Face hub to load {name!r}: this machine is offline. Run the notebook on "
-            "Colab (see the Reproduce part of the book), or pass a local diffusers-format folder."
+            f"cannot reach the Hugging Face hub to load {name!r}: this machine is offline. Run on Colab (see the "
+            "Reproduce part of the book), or pass a local diffusers folder."
         ) from None
-    spec = REAL_MODELS[name]
-    return spec["cls"].from_pretrained(name, subfolder=spec["subfolder"], torch_dtype=dtype).eval()
+
+
+def _load_from_hub(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    require_hub(name)
+    if name in REAL_MODELS:
+        spec = REAL_MODELS[name]
+        return spec["cls"].from_pretrained(name, subfolder=spec["subfolder"], torch_dtype=dtype).eval()
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        try:
+            config, subfolder = Path(hf_hub_download(name, "transformer/config.json")), "transformer"
+        except EntryNotFoundError:
+            config, subfolder = Path(hf_hub_download(name, "config.json")), None
+    except RepositoryNotFoundError:
+        raise ValueError(f"no model {name!r} on the Hugging Face hub (or it is gated: log in first)") from None
+    except EntryNotFoundError:
+        raise ValueError(f"{name!r} on the hub has neither transformer/config.json nor config.json: not a diffusers "
+                         "transformer or pipeline") from None
+    return _model_class(config).from_pretrained(name, subfolder=subfolder, torch_dtype=dtype).eval()
