@@ -15,6 +15,7 @@ DEFAULT_CLASSIFIER = DATA / "models" / "cifar10-classifier" / "classifier.pt"
 DEFAULT_POLICY = DATA / "policy" / "policy.pt"
 DEFAULT_CACHE_CALIBRATION = DATA / "calibration" / "cache_calibration.pt"
 CIFAR10_ARCHIVE = DATA / "cifar10" / "cifar10-jpeg.tar.gz"
+PROMPTS = DATA / "prompts" / "prompts.txt"  # the shipped prompt set (the benchmark's default for text models)
 # the notebooks' results, each a JSON with a manifest
 TRACES = DATA / "traces" / "traces.json"  # 03_traces
 QUANTIZATION_RESULTS = DATA / "calibration" / "quantization.json"  # 04_quantization
