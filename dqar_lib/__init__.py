@@ -1,6 +1,8 @@
 """DQAR: dynamic, quantization-aware attention reuse for Diffusion Transformers.
 
     from dqar_lib import DQARConfig, apply_dqar, remove_dqar, sample, load_model
+    with dqar_lib.dqar(pipe, "dqar"): images = pipe(...).images      # any DiT / PixArt pipeline
+    config = dqar_lib.calibrate(pipe, budget=0.3)                     # the gates fitted to a new model
 """
 
 import logging as _logging
@@ -14,9 +16,11 @@ _levels = [lg.level for lg in _NOISY]
 for _lg in _NOISY:
     _lg.setLevel(_logging.ERROR)
 try:
+    from .fitting.calibrate import calibrate, load_calibration, save_calibration
     from .method.config import PRESETS, DQARConfig
     from .method.controller import DQARController
-    from .method.hooks import apply_dqar, get_controller, remove_dqar
+    from .method.hooks import apply_dqar, dqar, get_controller, remove_dqar
+    from .models.pipelines import load_pipeline
     from .models.sampling import SampleResult, default_guidance, sample
     from .models.zoo import load_model, tiny_dit, tiny_pixart
 finally:
@@ -24,5 +28,6 @@ finally:
         _lg.setLevel(_lv)
 
 __all__ = ["DQARConfig", "PRESETS", "DQARController", "apply_dqar", "remove_dqar", "get_controller", "sample",
-           "SampleResult", "default_guidance", "load_model", "tiny_dit", "tiny_pixart"]
+           "SampleResult", "default_guidance", "load_model", "tiny_dit", "tiny_pixart", "dqar", "calibrate",
+           "save_calibration", "load_calibration", "load_pipeline"]
 __version__ = "0.1.0"

@@ -26,13 +26,14 @@ class _Stop(Exception):
 
 def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddim", seed: int = 0,
                  guidance_scale: float | None = None, progress: bool = False,
-                 max_steps: int | None = None) -> list[dict]:
+                 max_steps: int | None = None, **sample_kwargs) -> list[dict]:
     """Full-compute sampling run that records, per (step, layer), what a reuse decision would face.
 
     Each row: step, t, layer, H_t / SNR_t / x_norm as the controller saw them before the step (one step
     late, exactly what the gates read), and the change of the block's attention output against the
     previous step — `rel_l2` = ||A_s - A_{s-1}|| / ||A_s|| and `cosine` — the error that reusing
     step s-1's output at step s would make. Step 0 has no previous output (NaN).
+    `sample_kwargs` go to `sample` (a PixArt-style model's prompt_embeds, prompt_mask, ...).
     """
     import torch
 
@@ -69,7 +70,7 @@ def record_trace(model, class_labels, num_steps: int = 50, scheduler: str = "ddi
     try:
         sample(model, class_labels, num_steps=num_steps, scheduler=scheduler, seed=seed,
                guidance_scale=guidance_scale, dqar=DQARConfig.preset("off", collect_stats=True),
-               progress=progress, step_callback=stop_after)
+               progress=progress, step_callback=stop_after, **sample_kwargs)
     except _Stop:
         pass
     finally:
