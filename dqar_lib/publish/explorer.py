@@ -62,7 +62,7 @@ def _figure_png(run_rows, cfg, title: str) -> bytes:
     from . import plots
 
     plan = replay(run_rows, cfg)
-    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=80)
+    fig, ax = plt.subplots(figsize=(8, 3.4), dpi=100)
     plots.reuse_map(ax, [dict(step=s, layer=i, reuse=bool(plan[s, i])) for s in range(plan.shape[0])
                          for i in range(plan.shape[1])], title=title)
     fig.tight_layout()
