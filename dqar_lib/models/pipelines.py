@@ -124,8 +124,11 @@ def conditions_for(pipe, n: int, class_ids: list[int] | None = None, prompts: li
         if not prompts:
             raise ValueError(f"{type(pipe).__name__} is text-conditioned and no prompts were given")
         return text_conditions(pipe, [prompts[i % len(prompts)] for i in range(n)])
-    if prompts and class_ids is None and not hasattr(pipe.transformer.config, "num_embeds_ada_norm"):
-        raise ValueError(f"{type(pipe).__name__}'s transformer is neither DiT- nor PixArt-style")
+    if prompts:
+        raise ValueError(f"{type(pipe).__name__} is class-conditional: pass class ids, not prompts")
+    if getattr(pipe.transformer.config, "num_embeds_ada_norm", None) is None:
+        raise ValueError(f"{type(pipe).__name__}'s {type(pipe.transformer).__name__} is neither class-conditional "
+                         "(DiT-style) nor text-conditioned with caption embeddings (PixArt-style)")
     return class_conditions(pipe, n, class_ids)
 
 

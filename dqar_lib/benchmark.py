@@ -1,0 +1,219 @@
+"""Benchmark DQAR on any DiT / PixArt pipeline from the command line: full compute, DQAR and peers, same seeds.
+
+    python -m dqar_lib.benchmark --model facebook/DiT-XL-2-256 --steps 50 --num-prompts 8 --output-dir runs/dit
+    python -m dqar_lib.benchmark --model PixArt-alpha/PixArt-Sigma-XL-2-512-MS --prompts-file my.jsonl \
+        --prompt-field caption --set tau=0.97 --peers pab fbc --output-dir runs/pixart
+    python -m dqar_lib.benchmark --model ./my-pipeline --calibrate --budget 0.3 --sweep --output-dir runs/mine
+
+Writes into --output-dir: images/<method>/image_NNN.png, benchmark_results.json (a manifest and a row per method:
+time per image and per step with its spread, peak memory, reuse, PSNR / SSIM against full compute, CLIP score
+or why it is missing; rewritten after each method, `complete` false until the end), benchmark_plot.png, and
+with --sweep sweep_results.json and sweep_plot.png (runtime, memory and reuse against tau and the reuse cap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .artifacts import write_result
+from .evaluation.benchmark import run_benchmark, sweep_configs
+from .evaluation.clip import CLIP_MODEL, clip_scorer
+from .evaluation.methods import DQARMethod
+from .evaluation.peers import PEERS, get_peer
+from .fitting.calibrate import CALIBRATION_FILE, calibrate, load_calibration
+from .method.config import PRESETS, DQARConfig, parse_overrides
+from .method.files import atomic_write
+from .models.pipelines import conditions_for, load_pipeline
+from .models.prompts import cached_download, read_prompts
+from .models.sampling import SCHEDULERS, is_text_conditioned
+from .publish.benchmark_plots import benchmark_figure, sweep_figure
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RESULTS, PLOT, SWEEP_RESULTS, SWEEP_PLOT = ("benchmark_results.json", "benchmark_plot.png", "sweep_results.json",
+                                             "sweep_plot.png")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dqar_lib.benchmark", description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a("--model", required=True, help="a hub id (org/name) or a local diffusers pipeline folder")
+    a("--preset", default="dqar", help=f"DQAR preset: {', '.join(PRESETS)}")
+    a("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+      help="override a DQARConfig field (repeatable), e.g. --set tau=0.9 --set snr_lo=0.1")
+    a("--calibration", type=Path, help="a dqar_calibration.json (or its folder) to use instead of the preset")
+    a("--calibrate", action="store_true", help="fit tau and snr_lo to this model first (dqar_lib.calibrate)")
+    a("--budget", type=float, default=0.3, help="--calibrate's reuse budget (fraction of block calls)")
+    a("--steps", type=int, default=20)
+    a("--scheduler", default="ddim", choices=SCHEDULERS)
+    a("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's own default)")
+    a("--dtype", choices=list(DTYPES), default=None, help="default float16 on CUDA, float32 on CPU")
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--class-ids", type=int, nargs="+", help="class-conditional pipelines (default: the first N of id2label)")
+    a("--prompts", nargs="+", help="text-conditioned pipelines: prompts on the command line")
+    a("--prompts-file", type=Path, help=".txt (one a line), .json (an array) or .jsonl (with --prompt-field)")
+    a("--prompt-field", default="prompt", help="the field of each .json / .jsonl object that holds the prompt")
+    a("--prompt-dataset-url", help="a prompt file to download once into the local cache (see --refresh)")
+    a("--refresh", action="store_true", help="download --prompt-dataset-url again")
+    a("--num-prompts", type=int, default=8, help="images per method (prompts or class ids, cycled)")
+    a("--seed", type=int, default=0)
+    a("--compile", action="store_true", help="full compute and peers with blocks compiled, DQAR regionally")
+    a("--repeats", type=int, default=3)
+    a("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    a("--peers", nargs="*", default=[], help=f"diffusers peers to add: {', '.join(PEERS)}")
+    a("--sweep", action="store_true", help="scan tau x max_reuse_streak instead of comparing methods")
+    a("--sweep-tau", type=float, nargs="+", default=[0.9, 0.95, 0.98, 1.0])
+    a("--sweep-streak", type=int, nargs="+", default=[1, 2, 4])
+    a("--no-clip", action="store_true", help=f"skip the CLIP score ({CLIP_MODEL})")
+    a("--output-dir", type=Path, required=True)
+    a("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _check(p, a) -> None:
+    for name in ("steps", "repeats", "num_prompts"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {a.warmup}")
+    if sum(x is not None for x in (a.prompts, a.prompts_file, a.prompt_dataset_url)) > 1:
+        p.error("give at most one of --prompts, --prompts-file and --prompt-dataset-url")
+    if a.class_ids and (a.prompts or a.prompts_file or a.prompt_dataset_url):
+        p.error("give --class-ids (class-conditional pipelines) or prompts (text-conditioned ones), not both")
+    if a.calibrate and a.calibration:
+        p.error("give --calibrate (fit now) or --calibration FILE (a saved fit), not both")
+    bad = [x for x in a.peers if x not in PEERS]
+    if bad:
+        p.error(f"unknown peers {bad}; known peers: {', '.join(PEERS)}")
+
+
+def base_config(a) -> tuple[str, DQARConfig]:
+    """(name, config): a saved calibration, or the preset with the --set overrides (validated by DQARConfig)."""
+    if a.calibration is not None:
+        return "dqar (calibrated)", load_calibration(a.calibration).replace(**parse_overrides(a.overrides))
+    name = "dqar" if a.preset == "dqar" else f"dqar ({a.preset})"
+    return name + (" + " + ", ".join(a.overrides) if a.overrides else ""), \
+        DQARConfig.preset(a.preset, **parse_overrides(a.overrides))
+
+
+def prompts_of(a) -> list[str] | None:
+    if a.prompts:
+        return list(a.prompts)
+    if a.prompt_dataset_url:
+        return read_prompts(cached_download(a.prompt_dataset_url, refresh=a.refresh), a.prompt_field)
+    if a.prompts_file is not None:
+        return read_prompts(a.prompts_file, a.prompt_field)
+    return None
+
+
+def _default_guidance(pipe) -> float:
+    import inspect
+
+    g = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+    return float(g.default) if g is not None and isinstance(g.default, (int, float)) else 4.0
+
+
+def _save_plot(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run(a) -> Path:
+    """The benchmark of parsed arguments `a` (see `parser`); returns the results file."""
+    name, cfg = base_config(a)
+    prompts = prompts_of(a)
+    dtype = DTYPES[a.dtype or ("float16" if str(a.device).startswith("cuda") else "float32")]
+    pipe = load_pipeline(a.model, dtype=dtype, device=a.device)
+    text = is_text_conditioned(pipe.transformer)
+    if text and a.class_ids:
+        raise ValueError(f"{a.model} is text-conditioned ({type(pipe).__name__}): give prompts, not --class-ids")
+    if not text and prompts:
+        raise ValueError(f"{a.model} is class-conditional ({type(pipe).__name__}): give --class-ids, not prompts")
+    if text and prompts is None:
+        prompts = read_prompts()  # the shipped set
+    n = len(a.class_ids) if a.class_ids else a.num_prompts
+    cond = conditions_for(pipe, n, a.class_ids, prompts)
+    guidance = _default_guidance(pipe) if a.guidance is None else a.guidance
+    out = a.output_dir
+    if a.calibrate:
+        local = Path(a.model)
+        target = local if local.is_dir() and _writable(local) else out
+        cfg = calibrate(pipe, budget=a.budget, base=cfg, num_steps=a.steps, scheduler=a.scheduler,
+                        guidance_scale=guidance, n=min(n, 4), prompts=prompts, save_to=target,
+                        progress=not a.quiet)
+        name = "dqar (calibrated)"
+        print(f"calibrated: tau={cfg.tau:.4f}, snr_lo={cfg.snr_lo:.4f} -> {target / CALIBRATION_FILE}")
+    scorer, clip_missing = (None, "--no-clip") if a.no_clip else clip_scorer(device=a.device)
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    params.update(pipeline=type(pipe).__name__, dtype=str(dtype), guidance=guidance, dqar_config=cfg.to_dict())
+    common = dict(num_steps=a.steps, scheduler=a.scheduler, guidance_scale=guidance, seed=a.seed, repeats=a.repeats,
+                  warmup=a.warmup, compile=a.compile, compile_options={} if a.device.startswith("cuda") else
+                  {"backend": "eager"}, scorer=scorer, progress=not a.quiet)
+    extra = dict(conditions=cond.names, prompt_tokens=cond.prompt_tokens or None, clip_model=CLIP_MODEL,
+                 clip_missing=clip_missing)
+    if a.sweep:
+        configs = sweep_configs(cfg, a.sweep_tau, a.sweep_streak)
+        path = out / SWEEP_RESULTS
+
+        def write_sweep(rows, complete=False):
+            for r in rows[1:]:
+                c = configs[r["method"]]
+                r["sweep"] = dict(tau=c.tau, cap=c.max_reuse_streak)
+            write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
+
+        rows = run_benchmark(pipe, cond, {"full": None, **configs}, out / "sweep", on_row=write_sweep, **common)
+        write_sweep(rows, complete=True)
+        _save_plot(sweep_figure(rows[1:], f"{a.model}: {a.scheduler}-{a.steps}"), out / SWEEP_PLOT)
+        _report(rows)
+        return path
+    methods = {"full": None, name: DQARMethod(cfg)}
+    methods.update({f"diffusers {p}": get_peer(p) for p in a.peers})
+    path = out / RESULTS
+
+    def write(rows, complete=False):
+        write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
+
+    rows = run_benchmark(pipe, cond, methods, out, on_row=write, **common)
+    write(rows, complete=True)
+    _save_plot(benchmark_figure(rows, f"{a.model}: {a.scheduler}-{a.steps}, {len(cond)} images"), out / PLOT)
+    _report(rows)
+    return path
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK)
+
+
+def _report(rows: list[dict]) -> None:
+    print(f"{'method':32s} {'ms/image':>10s} {'speedup':>8s} {'reuse':>6s} {'PSNR':>7s}")
+    for r in rows:
+        print(f"{r['method'][:32]:32s} {r['ms_per_image']:10.1f} {r['speedup']:8.2f} {r['reuse_fraction']:6.2f} "
+              f"{r['psnr']:7.2f}")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = parser()
+    a = p.parse_args(argv)
+    _check(p, a)
+    if a.quiet:
+        from diffusers.utils import logging as dlog
+
+        dlog.disable_progress_bar()
+    try:
+        path = run(a)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        p.error(str(e))
+    print(path, file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    main()

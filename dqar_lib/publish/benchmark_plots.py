@@ -1,0 +1,66 @@
+"""The figures `python -m dqar_lib.benchmark` writes: a method comparison and a gate-threshold sweep.
+
+Each panel is a function of an `ax` and the benchmark's rows (dqar_lib.evaluation.benchmark), in the book's
+style (dqar_lib.publish.plots.style); the two figure functions lay the panels out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+
+from .plots import style
+
+PANELS = (("ms_per_image", "ms per image"), ("peak_memory_bytes", "peak memory (MiB)"),
+          ("reuse_fraction", "reuse fraction"), ("psnr", "PSNR vs full (dB)"))
+
+
+def _value(row: dict, field: str) -> float:
+    v = row.get(field)
+    if v is None:
+        return math.nan
+    return v / 2**20 if field == "peak_memory_bytes" else float(v)
+
+
+def method_bars(ax, rows: list[dict], field: str, label: str) -> None:
+    """One horizontal bar per method of `field`; an infinite PSNR (identical images) is written, not drawn."""
+    names = [r["method"] for r in rows]
+    vals = [_value(r, field) for r in rows]
+    finite = [v if math.isfinite(v) else 0.0 for v in vals]
+    ax.barh(range(len(rows)), finite, color=[f"C{i}" for i in range(len(rows))])
+    for i, v in enumerate(vals):
+        if not math.isfinite(v):
+            ax.text(0, i, " identical" if v == math.inf else " n/a", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first method on top
+    ax.set_xlabel(label)
+
+
+def benchmark_figure(rows: list[dict], title: str = ""):
+    """Time per image, peak memory, reuse and PSNR, one panel each, a bar per method."""
+    style()
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(3.2 * len(PANELS), 0.45 * len(rows) + 1.6), sharey=True)
+    for ax, (field, label) in zip(axes, PANELS):
+        method_bars(ax, rows, field, label)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def sweep_lines(ax, rows: list[dict], field: str, label: str) -> None:
+    """`field` against the swept tau, one line per reuse cap (rows carry `sweep = {"tau", "cap"}`)."""
+    for j, cap in enumerate(sorted({r["sweep"]["cap"] for r in rows})):
+        pts = sorted((r["sweep"]["tau"], _value(r, field)) for r in rows if r["sweep"]["cap"] == cap)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{j}", label=f"max streak {cap}")
+    ax.set(xlabel="tau (entropy gate)", ylabel=label)
+
+
+def sweep_figure(rows: list[dict], title: str = ""):
+    """Runtime, peak memory and reuse against the entropy threshold tau, a line per reuse cap."""
+    style()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, (field, label) in zip(axes, PANELS[:3]):
+        sweep_lines(ax, rows, field, label)
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
