@@ -1,6 +1,7 @@
 """The package layout's one rule: imports point one way, from the book's helpers down to the runtime core.
 
-    method (the runtime core) < artifacts < models < fitting < evaluation < publish < dqar_lib (the public API)
+    method (the runtime core) < artifacts < models < fitting < evaluation < publish < dqar_lib (the public API,
+    and the top-level commands such as dqar_lib.benchmark)
 
 A module may import its own layer or a lower one, never a higher one, and the import graph has no cycle
 (imports inside functions included: a lazy import hides a cycle, it does not remove it).
@@ -21,8 +22,13 @@ def module_name(path: Path) -> str:
 
 
 def layer(mod: str) -> int:
+    """The layer index of a module; a top-level module other than `artifacts` (the `python -m dqar_lib.benchmark`
+    command) sits with the public API, and a package outside LAYERS has none (-1)."""
     parts = mod.split(".")
-    return LAYERS.index(parts[1] if len(parts) > 1 else "")
+    name = parts[1] if len(parts) > 1 else ""
+    if name in LAYERS:
+        return LAYERS.index(name)
+    return LAYERS.index("") if len(parts) == 2 and (PKG / f"{name}.py").is_file() else -1
 
 
 def resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> list[str]:
