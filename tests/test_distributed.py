@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,7 +65,7 @@ def test_world_one_writes_batches_on_the_global_grid(dit, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("env,kwargs,message", [
-    ({}, dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    ({}, dict(batch_size=0), "batch_size must be None or an integer >= 1, got 0"),
     ({}, dict(labels=[]), "labels must hold at least one class label"),
     ({"RANK": "x"}, {}, "environment variable RANK must be an integer, got 'x'"),
     ({"RANK": "2", "WORLD_SIZE": "2"}, {}, r"rank must be an integer in \[0, 2\), got 2"),
@@ -101,3 +102,20 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert manifest["manifest"]["params"]["world_size"] == 2 and manifest["manifest"]["params"]["dqar"] == "always"
     assert sorted(manifest["result"]["rank_seconds"]) == ["0", "1"]
     assert manifest["result"]["mean_reuse_fraction"] == pytest.approx(2 / 3)  # "always": 2 of 3 steps reuse
+
+
+def test_torchrun_default_splits_the_images_over_the_ranks(tmp_path):
+    """Without --batch-size each rank samples its share (one batch a rank), and PNGs land beside samples.pt."""
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+          "dqar_lib.evaluation.distributed", "--model", "tiny", "--num-images", "5", "--steps", "2",
+          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / MANIFEST).read_text())["result"]
+    assert result["rank_images"] == {"0": 3, "1": 2} and result["batches"] == 2
+    assert all(s > 0 for s in result["rank_seconds"].values()) and sorted(result["rank_seconds"]) == ["0", "1"]
+    saved = torch.load(tmp_path / SAMPLES)
+    pngs = sorted((tmp_path / result["images_dir"]).glob("*.png"))
+    assert [p.name for p in pngs] == [f"image_{i:03d}.png" for i in range(5)]
+    from PIL import Image
+
+    first = torch.from_numpy(np.asarray(Image.open(pngs[0]))).permute(2, 0, 1).float() / 255  # (3, H, W)
+    assert torch.allclose(first, saved["images"][0], atol=1 / 255)

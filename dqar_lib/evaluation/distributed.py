@@ -4,10 +4,12 @@
 
 (`--num-images`, not `--n`: torchrun's own parser takes `--n` for an abbreviation of its `--nnodes`.)
 
-The labels are cut into batches of `batch_size` on a grid fixed by the global index, never by the number of
-processes: batch k holds items [k*B, (k+1)*B) and draws its noise from `batch_seed(seed, k*B)`. Each rank
-samples a contiguous run of whole batches, so an image is the same whatever the world size. Rank 0 gathers
-everything and writes `samples.pt` (images, latents, labels) and `samples.json` (manifest) into `out_dir`.
+The labels are cut into batches of `batch_size` on a grid fixed by the global index: batch k holds items
+[k*B, (k+1)*B) and draws its noise from `batch_seed(seed, k*B)`. Each rank samples a contiguous run of whole
+batches. By default B = ceil(N / world), so every rank gets a share of the images; give `batch_size` to fix the
+grid, and an image is then the same whatever the world size. Rank 0 gathers everything and writes
+`samples.pt` (images, latents, labels), `images/image_NNN.png` (where there are images) and `samples.json`
+(manifest, with each rank's seconds and image count) into `out_dir`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.distributed as dist
 
 from ..artifacts import write_result
 from ..method.files import atomic_write
-from ..models.sampling import sample
+from ..models.sampling import SampleResult, sample
 
 SAMPLES, MANIFEST = "samples.pt", "samples.json"
 
@@ -54,8 +56,8 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
-def distributed_sample(model: torch.nn.Module, labels, out_dir: str | Path, batch_size: int = 16, seed: int = 0,
-                       **sample_kwargs) -> Path | None:
+def distributed_sample(model: torch.nn.Module, labels, out_dir: str | Path, batch_size: int | None = None,
+                       seed: int = 0, **sample_kwargs) -> Path | None:
     """Sample one image per label over RANK/WORLD_SIZE processes; rank 0 writes the gathered result.
 
     Reads RANK, WORLD_SIZE and LOCAL_RANK from the environment (torchrun sets them; world 1 when absent) and
@@ -66,10 +68,12 @@ def distributed_sample(model: torch.nn.Module, labels, out_dir: str | Path, batc
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.numel() == 0:
         raise ValueError("labels must hold at least one class label, got none")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
     rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
     shard(0, rank, world)  # validates rank and world
+    if batch_size is None:  # one batch a rank: every rank works
+        batch_size = -(-labels.numel() // world)
     cuda = torch.cuda.is_available()
     joined = False
     if world > 1 and not dist.is_initialized():
@@ -90,7 +94,8 @@ def distributed_sample(model: torch.nn.Module, labels, out_dir: str | Path, batc
             res = sample(model, labels[start:start + batch_size], seed=batch_seed(seed, start), **sample_kwargs)
             parts.append(dict(start=start, images=res.images, latents=res.latents,
                               reuse_fraction=res.stats.get("reuse_fraction")))
-        mine_out = dict(rank=rank, parts=parts, seconds=time.perf_counter() - t0)
+        mine_out = dict(rank=rank, parts=parts, seconds=time.perf_counter() - t0,
+                        images=sum(len(p["latents"]) for p in parts))
         gathered = [None] * world if rank == 0 else None
         if world > 1:
             dist.gather_object(mine_out, gathered, dst=0)
@@ -115,10 +120,12 @@ def _write(out_dir: Path, labels: torch.Tensor, gathered: list[dict], params: di
     path = out_dir / SAMPLES
     with atomic_write(path, "wb") as f:
         torch.save(dict(images=images, latents=latents, labels=labels), f)
+    pngs = SampleResult(images, latents, None).save(out_dir / "images") if images is not None else []
     reuse = [p["reuse_fraction"] for p in parts if p["reuse_fraction"] is not None]
     write_result(out_dir / MANIFEST, dict(
         file=SAMPLES, n=len(labels), batches=len(parts),
         rank_seconds={g["rank"]: g["seconds"] for g in gathered},
+        rank_images={g["rank"]: g["images"] for g in gathered}, images_dir="images" if pngs else None,
         mean_reuse_fraction=sum(reuse) / len(reuse) if reuse else None,
     ), params)
     return path
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--model", default=None, help='"tiny" (dqar_lib.tiny_dit()), a model path, or the default')
     ap.add_argument("--num-images", type=int, default=8, help="images; labels cycle through the classes")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="images per batch (default: ceil(N / ranks), one batch a rank)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--guidance", type=float, default=None)
