@@ -1,4 +1,4 @@
-"""diffusers pipelines as the benchmark sees them: load one (hub id or folder), condition it, decode its latents.
+"""diffusers pipelines as the benchmark sees them: load one (hub id or folder), condition it, decode its latents::
 
     pipe = load_pipeline("facebook/DiT-XL-2-256", dtype=torch.float16, device="cuda")   # or a local folder
     cond = class_conditions(pipe, n=8)                  # DiT: the first 8 of id2label
