@@ -66,7 +66,9 @@ DQAR_CASES = [Case(f"dqar-{g}-{lay}" + ("" if g == "kv" else "-share"), config=_
               for g in GRANULARITIES for lay in CFG_LAYOUTS]
 CASES = DQAR_CASES + [
     *[Case(f"peer-{name}", factory, models=("dit",) if name == "magcache" else ("dit", "pixart"))
-      for name, factory in PEERS.items()],  # MagCache calibrates on labels: DiT only
+      for name, factory in PEERS.items() if name != "cachedit"],  # MagCache calibrates on labels: DiT only
+    # cache-dit's DiT adapter takes DiT only; its default 8 warmup steps would leave nothing to skip in 9 steps
+    Case("peer-cachedit", lambda: PEERS["cachedit"](residual_diff_threshold=0.5, max_warmup_steps=2), models=("dit",)),
     Case("w8a8", lambda: W8A8Peer(calib_steps=2), models=("dit",)),  # calibrates on labels: DiT only
     Case("torchao-int8_dynamic", lambda: TorchaoPeer("int8_dynamic")),
 ]

@@ -40,7 +40,7 @@ def test_entries_cover_every_family_and_resolve():
     e = front_entries()
     families = {f for f, _ in e.values()}
     assert {"fewer DDIM steps", "fewer DPM-Solver steps", "DQAR forecast", "SeaCache", "MagCache", "TaylorSeer",
-            "FirstBlockCache", "PAB"} <= families
+            "FirstBlockCache", "PAB", "cache-dit DBCache", "cache-dit DBCache+TaylorSeer"} <= families
     for _, (method, steps, *_) in e.values():
         as_method(method)  # every entry is a runnable method (or None, full compute)
         assert steps > 0

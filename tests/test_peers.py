@@ -7,8 +7,9 @@ from dqar_lib.evaluation.peers import PEERS, UNRUNNABLE, flow_sigma, get_peer, p
 
 LABELS, STEPS = [1, 2], 8  # guidance 1.5 (tiny_dit's default): one CFG batch of 4 per step
 # Settings that make each method skip on the random tiny DiT in 8 steps (fbc/seacache defaults never fire there).
-SKIPPING = {"pab": {}, "fbc": dict(threshold=0.5), "taylorseer": {}, "seacache": dict(threshold=5.0), "magcache": {}}
-SKIPS_BLOCKS = {"fbc", "seacache", "magcache"}  # skip whole blocks; pab and taylorseer skip attention only
+SKIPPING = {"pab": {}, "fbc": dict(threshold=0.5), "taylorseer": {}, "seacache": dict(threshold=5.0), "magcache": {},
+            "cachedit": dict(residual_diff_threshold=0.5, max_warmup_steps=2)}
+SKIPS_BLOCKS = {"fbc", "seacache", "magcache", "cachedit"}  # skip whole blocks; pab and taylorseer skip attention only
 
 
 class Counter:

@@ -108,7 +108,8 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
                   forecast_caps=((1, 2), (1, 3), (1, 4), (2, 4), (2, 5))) -> dict[str, tuple[str, tuple]]:
     """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
     DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
-    the second), DQAR's gate preset and its order-0 static plan, and each diffusers peer over its main knob."""
+    the second), DQAR's gate preset and its order-0 static plan, each diffusers peer over its main knob, and
+    cache-dit's DBCache over its threshold, plain and with its TaylorSeer calibrator."""
     from ..method.config import DQARConfig
     from .peers import get_peer
 
@@ -126,9 +127,14 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
              "MagCache": ("magcache", "threshold", (0.03, 0.06, 0.12)),
              "FirstBlockCache": ("fbc", "threshold", (0.05, 0.1, 0.2)),
              "TaylorSeer": ("taylorseer", "cache_interval", (3, 5)),
-             "PAB": ("pab", "skip_range", (2, 3))}
-    for fam, (peer, knob, values) in peers.items():
-        e |= {f"{fam} {knob}={v}": (fam, (get_peer(peer, **{knob: v}), num_steps)) for v in values}
+             "PAB": ("pab", "skip_range", (2, 3)),
+             # cache-dit F1B0: 0.01 / 0.02 / 0.04 skip 11 / 17 / 23 of 50 steps on the CIFAR-10 DiT (4 labels)
+             "cache-dit DBCache": ("cachedit", "residual_diff_threshold", (0.01, 0.02, 0.04)),
+             "cache-dit DBCache+TaylorSeer": ("cachedit", "residual_diff_threshold", (0.01, 0.02),
+                                              dict(taylorseer_order=1))}
+    for fam, (peer, knob, values, *fixed) in peers.items():
+        e |= {f"{fam} {knob}={v}": (fam, (get_peer(peer, **{knob: v}, **(fixed[0] if fixed else {})), num_steps))
+              for v in values}
     return e
 
 

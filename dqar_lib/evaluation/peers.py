@@ -1,4 +1,4 @@
-"""diffusers' own cache methods as DQAR's peers: attach to a DiT, drive from `sample`, remove exactly.
+"""diffusers' own cache methods (and cache-dit's DBCache) as DQAR's peers: attach to a DiT, drive, remove exactly.
 
     peer = PEERS["pab"]()
     res = run_method(model, peer, labels, num_steps=20)   # prepare, apply, sample(step_callback=...), remove
@@ -31,6 +31,7 @@ from diffusers.hooks import taylorseer_cache as _ts
 from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
 
 from ..models.sampling import make_scheduler, sample
+from .cachedit import cachedit
 from .methods import Method, run_method
 
 _ALPHA_BAR = make_scheduler("ddim").alphas_cumprod  # DiT's schedule, shared by both samplers (sampling.py)
@@ -238,8 +239,9 @@ def fastercache() -> Peer:
                 _fc.apply_faster_cache, (_fc._FASTER_CACHE_DENOISER_HOOK, _fc._FASTER_CACHE_BLOCK_HOOK))
 
 
-# name -> factory(**params) -> Peer
-PEERS: dict[str, Callable] = dict(pab=pab, fbc=fbc, taylorseer=taylorseer, seacache=seacache, magcache=magcache)
+# name -> factory(**params) -> Peer (cachedit: the cache-dit package's DBCache, dqar_lib.evaluation.cachedit)
+PEERS: dict[str, Callable] = dict(pab=pab, fbc=fbc, taylorseer=taylorseer, seacache=seacache, magcache=magcache,
+                                  cachedit=cachedit)
 UNRUNNABLE: dict[str, Callable] = dict(fastercache=fastercache)  # tried by peer_status only
 
 
