@@ -37,7 +37,7 @@ def _prompt_file(tmp_path, fmt: str) -> Path:
     elif fmt == "json":
         path.write_text(json.dumps(PROMPTS))
     else:
-        path.write_text("\n".join(json.dumps({"caption": p, "id": i}) for i, p in enumerate(PROMPTS)))
+        path.write_text("\n".join(json.dumps({"id": i, "caption": p}) for i, p in enumerate(PROMPTS)))
     return path
 
 
