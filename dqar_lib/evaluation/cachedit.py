@@ -57,16 +57,16 @@ def _footprint(model: torch.nn.Module) -> dict[int, tuple[set, set]]:
 class CacheDitPeer(Method):
     """cache-dit's DBCache on a diffusers DiTTransformer2DModel. Defaults are DBCacheConfig's except the blocks.
 
-    residual_diff_threshold: skip the middle blocks while the first blocks' residual changes by less than this
-        (relative L1); 0.08 is DBCacheConfig's default. 0 never skips.
-    Fn_compute_blocks: first blocks always computed, whose residual gives the change signal (>= 1). 1, not
-        cache-dit's 8: 8 is every block of the shipped 8-layer CIFAR-10 DiT, which would leave nothing to skip;
-        of F1B0, F1B1, F2B0 and F2B1 there, F1B0 kept the most PSNR per skipped block (F1B1 close behind).
-    Bn_compute_blocks: last blocks always computed on the approximate hidden states (>= 0; DBCacheConfig's 0).
-    max_warmup_steps: the first steps always compute (DBCacheConfig's 8).
-    max_continuous_cached_steps: at most this many skipped steps in a row (-1: no limit, DBCacheConfig's).
-    taylorseer_order: None for plain reuse, or 1, 2: the cached residual is a Taylor extrapolation of that order
-        from the last computes (TaylorSeerCalibratorConfig; its default order is 1).
+    - `residual_diff_threshold`: skip the middle blocks while the first blocks' residual changes by less than
+      this (relative L1); 0.08 is DBCacheConfig's default. 0 never skips.
+    - `Fn_compute_blocks`: first blocks always computed, whose residual gives the change signal (>= 1). 1, not
+      cache-dit's 8: 8 is every block of the shipped 8-layer CIFAR-10 DiT, which would leave nothing to skip;
+      of F1B0, F1B1, F2B0 and F2B1 there, F1B0 kept the most PSNR per skipped block (F1B1 close behind).
+    - `Bn_compute_blocks`: last blocks always computed on the approximate hidden states (>= 0; DBCacheConfig's 0).
+    - `max_warmup_steps`: the first steps always compute (DBCacheConfig's 8).
+    - `max_continuous_cached_steps`: at most this many skipped steps in a row (-1: no limit, DBCacheConfig's).
+    - `taylorseer_order`: None for plain reuse, or 1, 2: the cached residual is a Taylor extrapolation of that
+      order from the last computes (TaylorSeerCalibratorConfig; its default order is 1).
     """
 
     residual_diff_threshold: float = 0.08
