@@ -35,6 +35,14 @@ def test_dqar_context_attaches_with_the_scheduler_and_removes_on_error(pixart_pi
             pass
 
 
+def test_dqar_context_on_a_dit_pipeline_keeps_its_cfg_layout():
+    pipe = tiny_dit_pipeline()
+    with dq.dqar(pipe, dq.DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0)) as ctl:
+        pipe(class_labels=[7, 3], num_inference_steps=6, output_type="np")
+    assert ctl.config.cfg_layout == "cond_first" and ctl.stats()["reuse_fraction"] > 0
+    assert dq.get_controller(pipe.transformer) is None
+
+
 def test_prompt_mask_sets_p_and_changes_the_output(pixart_pipe):
     cond = conditions_for(pixart_pipe, 2, prompts=["a cat", "a dog near the river at night"])
     kw = dict(num_steps=2, progress=False, guidance_scale=2.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .sampling import is_text_conditioned
-from .zoo import NUM_CLASSES, looks_like_hub_id, require_hub
+from .zoo import looks_like_hub_id, require_hub
 
 TINY_WORDS = ("a an the of on in with and at by under over red blue green yellow black white small large old young "
               "cat dog fox bird horse car tree house river mountain city street sky sun moon boat flower forest "
@@ -151,13 +151,14 @@ def _tiny_vae():
 
 
 def tiny_dit_pipeline(depth: int = 2, sample_size: int = 8):
-    """A random DiTPipeline: a tiny latent DiT (4 channels, learned sigma, 10 classes) and a one-block VAE."""
+    """A random DiTPipeline: a tiny latent DiT (4 channels, learned sigma, ImageNet's 1000 class slots, ten of them
+    named in id2label) and a one-block VAE; it runs through `pipe(...)` as a hub DiT pipeline does."""
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
                                         num_layers=depth, sample_size=sample_size, patch_size=2,
-                                        num_embeds_ada_norm=NUM_CLASSES).eval()
+                                        num_embeds_ada_norm=1000).eval()  # DiTPipeline's null class is 1000
     id2label = {i: name for i, name in enumerate("airplane automobile bird cat deer dog frog horse ship truck".split())}
     pipe = DiTPipeline(transformer, _tiny_vae().eval(), DDIMScheduler(), id2label=id2label)
     pipe.register_to_config(id2label=id2label)  # saved in model_index.json, as the hub's DiT pipelines carry it
