@@ -205,8 +205,10 @@ def main(argv: list[str] | None = None) -> Path:
     _check(p, a)
     if a.quiet:
         from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
 
         dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
     try:
         path = run(a)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
