@@ -203,7 +203,9 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     A PixArt-style model takes `prompt_embeds` (N, T, caption_channels) instead of labels (pass labels=None).
     `compile=True`: full compute and peers run with each transformer block compiled
     (`block.compile(**compile_options)`), DQAR with its compute paths compiled on their own
-    (`apply_dqar(compile=True)`); undone afterwards, torch._dynamo's skip_nnmodule_hook_guards included.
+    (`apply_dqar(compile=True)`); undone afterwards, torch._dynamo's skip_nnmodule_hook_guards included. A compiled
+    benchmark resets dynamo's cache first and fails, naming the method, where a run would exceed its recompile limit
+    (dynamo would fall back to eager without a word); each row's `compiled_graphs` counts the graphs it compiled.
     """
     if not configs:
         raise ValueError(f"configs must name at least one method, got {configs!r}")
@@ -231,6 +233,8 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     skip_hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
     graphs = dict.fromkeys(methods, 0)
     dynamo = torch._dynamo.config.patch(**compile_limits(len(blocks))) if compile else contextlib.nullcontext()
+    if compile:  # start from an empty dynamo cache: graphs of earlier models must not count against this run's limit
+        torch._dynamo.reset()
     try:
         dynamo.__enter__()
         if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
