@@ -73,7 +73,7 @@ def load_pipeline(name_or_path: str | Path, dtype: torch.dtype = torch.float32, 
 
     low_mem = importlib.util.find_spec("accelerate") is not None  # without accelerate, diffusers warns and falls back
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, low_cpu_mem_usage=low_mem)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, low_cpu_mem_usage=low_mem)
     except Exception as e:  # hub and file errors are long; name the model first
         raise ValueError(f"could not load the pipeline {name_or_path!r}: {type(e).__name__}: {e}") from None
     if getattr(pipe, "transformer", None) is None:
