@@ -119,3 +119,10 @@ def test_torchrun_default_splits_the_images_over_the_ranks(tmp_path):
 
     first = torch.from_numpy(np.asarray(Image.open(pngs[0]))).permute(2, 0, 1).float() / 255  # (3, H, W)
     assert torch.allclose(first, saved["images"][0], atol=1 / 255)
+
+
+def test_the_short_module_name_runs_the_same_command():
+    """`torchrun ... -m dqar_lib.distributed` (the name the README gives) is the same command."""
+    out = subprocess.run([sys.executable, "-m", "dqar_lib.distributed", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "--num-images" in out.stdout, out.stderr
