@@ -155,7 +155,7 @@ def time_method(model, method: Method | None, labels, kwargs: dict, dev, blocks=
     return ms[0], res
 
 
-def _changed_fields(method: Method | None) -> dict | None:
+def method_fields(method: Method | None) -> dict | None:
     """DQAR: the config's fields that differ from DQARConfig's defaults; a peer: its name and params; full: None."""
     if method is None:
         return None
@@ -301,7 +301,7 @@ def _rows(model, n, methods, times, results, peak, num_steps, guidance, compiled
         base_flops = flops if base_flops is None else base_flops
         same = res.images is not None and base.images is not None
         rows.append(dict(
-            method=name, baseline=base_name, config=_changed_fields(method), compiled=compiled,
+            method=name, baseline=base_name, config=method_fields(method), compiled=compiled,
             images=n, steps=num_steps, **s, ms_per_image=s["median_ms"] / n, ms_per_step=s["median_ms"] / num_steps,
             speedup=base_ms / s["median_ms"], reuse_fraction=res.stats.get("reuse_fraction", 0.0),
             flops_per_image=flops, flops_ratio=base_flops / flops, attention_ceiling=ceiling,

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ..method.config import DQARConfig
 from ..models.pipelines import Conditions, decode
-from .bench import compile_limits, summary, time_method
-from .methods import DQARMethod, Method, as_method
+from .bench import compile_limits, method_fields, summary, time_method
+from .methods import as_method
 from .metrics import psnr, ssim
 
 
@@ -41,14 +41,6 @@ def peak_memory(dev: torch.device) -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated(dev)), "torch.cuda.max_memory_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS (monotone over the run)"
-
-
-def _config_fields(method: Method | None) -> dict | None:
-    if method is None:
-        return None
-    if isinstance(method, DQARMethod):
-        return dict(method.params)
-    return {"peer": method.name, **method.params}
 
 
 def run_benchmark(pipe, cond: Conditions, methods: dict, out_dir: str | Path, num_steps: int = 20,
@@ -115,7 +107,7 @@ def _row(name, method, res, ref, times, n, num_steps, dev, folder, scorer, names
     peak, peak_kind = peak_memory(dev)
     score = scorer(res.images, names) if scorer is not None else None
     return dict(
-        method=name, reference=ref_name, config=_config_fields(method), images=n, steps=num_steps, **s,
+        method=name, reference=ref_name, config=method_fields(method), images=n, steps=num_steps, **s,
         ms_per_image=s["median_ms"] / n, ms_per_step=s["median_ms"] / num_steps, speedup=ref_ms / s["median_ms"],
         reuse_fraction=res.stats.get("reuse_fraction", 0.0), peak_memory_bytes=peak, peak_memory_kind=peak_kind,
         peak_cache_bytes=res.stats.get("peak_cache_bytes", 0),
