@@ -226,22 +226,11 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
         if method is not None:
             method.prepare(model, labels, **kwargs)
     kwargs["progress"] = False
-    blocks = _transformer_blocks(model) if compile else []
     times = {name: [] for name in methods}
     results = {}
     peak = dict.fromkeys(methods)
-    skip_hook_guards = torch._dynamo.config.skip_nnmodule_hook_guards
     graphs = dict.fromkeys(methods, 0)
-    dynamo = torch._dynamo.config.patch(**compile_limits(len(blocks))) if compile else contextlib.nullcontext()
-    if compile:  # start from an empty dynamo cache: graphs of earlier models must not count against this run's limit
-        torch._dynamo.reset()
-    try:
-        dynamo.__enter__()
-        if compile:  # guard on module hooks, so DQAR's hooks (added later) never meet a graph compiled without them
-            torch._dynamo.config.skip_nnmodule_hook_guards = False
-        for block in blocks:
-            block.compile(**(compile_options or {}))
-        compiled = [block._compiled_call_impl for block in blocks] if compile else None
+    with compiled_blocks(model, compile, compile_options) as (blocks, compiled):
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         bar = tqdm(total=(warmup + repeats) * len(methods), desc="bench", disable=not progress, leave=False)
@@ -263,15 +252,35 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
                         peak[name] = max(peak[name] or 0, torch.cuda.max_memory_allocated(dev))
                 bar.update()
         bar.close()
-    finally:
-        for block in blocks:
-            block._compiled_call_impl = None  # undo nn.Module.compile()
-        torch._dynamo.config.skip_nnmodule_hook_guards = skip_hook_guards
-        dynamo.__exit__(None, None, None)
     rows = _rows(model, n, methods, times, results, peak, num_steps, guidance, compile, text_tokens)
     for r in rows:
         r["compiled_graphs"] = graphs[r["method"]] if compile else None
     return rows
+
+
+@contextlib.contextmanager
+def compiled_blocks(model: torch.nn.Module, compile: bool, compile_options: dict | None = None):
+    """A compiled benchmark's setup, undone on exit; yields (blocks, their compiled calls), or ([], None) without
+    `compile`. Each transformer block is compiled (`block.compile(**compile_options)`) for full compute and peers;
+    dynamo's cache is reset first, so graphs of earlier models never count against this run's recompile limit
+    (`compile_limits`, a hard failure past it); module-hook guards are on, so DQAR's hooks (added later) never meet
+    a graph compiled without them."""
+    if not compile:
+        yield [], None
+        return
+    blocks = _transformer_blocks(model)
+    guards = torch._dynamo.config.skip_nnmodule_hook_guards
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(**compile_limits(len(blocks))):
+        try:
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+            for block in blocks:
+                block.compile(**(compile_options or {}))
+            yield blocks, [block._compiled_call_impl for block in blocks]
+        finally:
+            for block in blocks:
+                block._compiled_call_impl = None  # undo nn.Module.compile()
+            torch._dynamo.config.skip_nnmodule_hook_guards = guards
 
 
 def compile_limits(n_blocks: int) -> dict:

@@ -11,7 +11,6 @@ and written as PNGs, and `on_row(rows so far)` runs, so an interrupted run leave
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 import resource
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..method.config import DQARConfig
 from ..models.pipelines import Conditions, decode
-from .bench import compile_limits, method_fields, summary, time_method
+from .bench import compiled_blocks, method_fields, summary, time_method
 from .methods import as_method
 from .metrics import psnr, ssim
 
@@ -64,40 +63,27 @@ def run_benchmark(pipe, cond: Conditions, methods: dict, out_dir: str | Path, nu
     kwargs = dict(num_steps=num_steps, guidance_scale=float(guidance_scale), seed=seed, scheduler=scheduler,
                   **cond.sample_kwargs())
     labels = kwargs.pop("class_labels", None)
-    blocks = list(getattr(model, "transformer_blocks", [])) if compile else []
-    guards = torch._dynamo.config.skip_nnmodule_hook_guards
-    dynamo = torch._dynamo.config.patch(**compile_limits(len(blocks))) if compile else contextlib.nullcontext()
     rows, ref = [], None
-    with dynamo:
-        try:
-            if compile:  # as bench_sampling: blocks compiled for full compute and peers, DQAR's paths on their own
-                torch._dynamo.config.skip_nnmodule_hook_guards = False
-                for block in blocks:
-                    block.compile(**(compile_options or {}))
-            compiled = [b._compiled_call_impl for b in blocks] if compile else None
-            for name, method in tqdm(methods.items(), desc="methods", disable=not progress):
-                if method is not None:
-                    method.prepare(model, labels, **kwargs)
-                if dev.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(dev)
-                times = []
-                for r in tqdm(range(warmup + repeats), desc=name, leave=False, disable=not progress):
-                    ms, res = time_method(model, method, labels, dict(kwargs, progress=False), dev, blocks, compiled,
-                                          compile_options)
-                    if r >= warmup:
-                        times.append(ms)
-                res.images = decode(pipe, res.latents)  # (N, 3, H, W) in [0, 1]
-                folder = out_dir / "images" / slug(name)
-                res.save(folder)
-                ref = ref or (name, res, summary(times)["median_ms"])
-                rows.append(_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir),
-                                 scorer, cond.names))
-                if on_row is not None:
-                    on_row(rows)
-        finally:
-            for block in blocks:
-                block._compiled_call_impl = None
-            torch._dynamo.config.skip_nnmodule_hook_guards = guards
+    with compiled_blocks(model, compile, compile_options) as (blocks, compiled):  # as bench_sampling
+        for name, method in tqdm(methods.items(), desc="methods", disable=not progress):
+            if method is not None:
+                method.prepare(model, labels, **kwargs)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            times = []
+            for r in tqdm(range(warmup + repeats), desc=name, leave=False, disable=not progress):
+                ms, res = time_method(model, method, labels, dict(kwargs, progress=False), dev, blocks, compiled,
+                                      compile_options)
+                if r >= warmup:
+                    times.append(ms)
+            res.images = decode(pipe, res.latents)  # (N, 3, H, W) in [0, 1]
+            folder = out_dir / "images" / slug(name)
+            res.save(folder)
+            ref = ref or (name, res, summary(times)["median_ms"])
+            rows.append(_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir),
+                             scorer, cond.names))
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
