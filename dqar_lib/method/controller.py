@@ -14,10 +14,10 @@ from .cache import ReuseCache, storage_mode
 from .config import DQARConfig
 from .gates import tau_for_prompt
 from .host import HostValue, host_float
-from .noise import dit_alphas_cumprod
+from .prediction import step_x0
 from .rule import RuleState
 from .schedule import progress
-from .stats import latent_norm, latent_snr, predicted_x0
+from .stats import latent_norm, latent_snr
 from .storage import load_csb_calibration
 
 TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason", "change")
@@ -249,20 +249,10 @@ class DQARController:
         if not (c.collect_stats or c.enabled and (c.use_snr_gate or c.use_policy)) or self.t is None:
             return  # SNR_t and ||x_t|| are for the trace, the SNR gate and the policy only
         self.x_norm = HostValue(latent_norm(x_t))
-        acp = getattr(self.scheduler, "alphas_cumprod", None)
-        if acp is None:
-            acp = dit_alphas_cumprod()
-        a = float(acp[min(int(round(self.t)), len(acp) - 1)])
         c = x_t.shape[1]
         out = model_output[:, :c]  # learned-sigma models emit (eps, var)
-        kind = getattr(getattr(self.scheduler, "config", None), "prediction_type", "epsilon")
-        if kind == "epsilon":
-            x0 = predicted_x0(x_t, out, a)
-        elif kind == "v_prediction":
-            x0 = a**0.5 * x_t.float() - (1 - a) ** 0.5 * out.float()
-        elif kind == "sample":
-            x0 = out.float()
-        else:
+        x0 = step_x0(self.scheduler, x_t, out, self.t, self.step, self.num_train_timesteps)  # per prediction type
+        if x0 is None:
             return
         self.snr = HostValue(latent_snr(x0, x_t))
 

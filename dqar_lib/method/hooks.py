@@ -1,4 +1,7 @@
-"""Attach DQAR to any diffusers transformer built from `Attention` modules, and remove it exactly.
+"""Attach DQAR to any diffusers transformer built from attention modules, and remove it exactly.
+
+Where it attaches in each family (self-attention, block stack, the image and text streams) is found by
+structure in `families`.
 
 The hooks only route: each self-attention module asks the controller whether to serve its cache or
 compute (and, on compute, hands back what it produced). No decision is made here.
@@ -10,29 +13,26 @@ import contextlib
 import inspect
 
 import torch
-from diffusers.models.attention_processor import Attention
 
 from .cache import signature
 from .config import DQARConfig
 from .controller import DQARController
+from .families import Streams, attachment_points, attention_streams, family_refusal, timestep_scale
+from .families import self_attention_modules as self_attention_modules
 from .stats import sampled_attention_entropy
 
 _ATTR = "_dqar_controller"
 
 
-def self_attention_modules(transformer: torch.nn.Module) -> list[tuple[str, Attention]]:
-    """The self-attention modules in depth order (cross-attention is left alone)."""
-    return [(n, m) for n, m in transformer.named_modules() if isinstance(m, Attention) and not m.is_cross_attention]
-
-
 class _Layer:
     """Routing state of one attention module while DQAR is attached."""
 
-    def __init__(self, index: int, module: Attention):
+    def __init__(self, index: int, module: torch.nn.Module):
         self.index, self.module = index, module
         self.capture = False
         self.q = self.k = None
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sig_in = self.sig_out = None  # "attn", "kv": the inputs of the last compute, the signature it stored
         self.handles: list = []
         self.patched: list[torch.nn.Module] = []
 
@@ -54,12 +54,14 @@ def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module, co
     i, cfg = layer.index, ctl.config
     params = inspect.signature(block.forward)
     orig = compile_fn(block.forward)
+    io = Streams(block)  # joint blocks: image and text tokens as one (B, N + M, D) tensor (families)
 
     def forward(*args, **kwargs):
         bound = params.bind(*args, **kwargs)
-        hs = bound.arguments["hidden_states"]  # (B, N, D)
+        text = bound.arguments.get("encoder_hidden_states")
+        hs = io.join(bound.arguments["hidden_states"], text)  # (B, N, D), (B, N + M, D) for a joint block
         if ctl.try_reuse(i, ("res",), signature(hs), hs):
-            return hs + ctl.cached(i, "res")
+            return io.split(hs + ctl.cached(i, "res"))
         ctl.computed_input(i, hs)
         layer.capture = ctl.wants_entropy()
         try:
@@ -67,16 +69,16 @@ def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module, co
             if ctl.cfg_share_now and B % 2 == 0:  # run the conditional half; the other half takes its residual
                 first = cfg.cfg_layout == "cond_first"
                 half = {k: _cond_half(v, B, first) for k, v in bound.arguments.items()}
-                res = orig(**half) - _cond_half(hs, B, first)  # (B/2, N, D)
+                res = io.join_output(orig(**half), _cond_half(text, B, first)) - _cond_half(hs, B, first)  # (B/2, N, D)
                 out = hs + torch.cat([res, res])
                 ctl.cfg_shared += 1
             else:
-                out = orig(*args, **kwargs)
+                out = io.join_output(orig(*args, **kwargs), text)
         finally:
             layer.capture = False
         ctl.store(i, "res", lambda: out - hs)  # subtract only if a later step can use it
         _entropy(ctl, layer)
-        return out
+        return io.split(out)
 
     _patch_forward(block, forward, layer)
 
@@ -86,7 +88,7 @@ def _entropy(ctl: DQARController, layer: _Layer) -> None:
     if layer.q is not None and layer.k is not None:
         m, cfg = layer.module, ctl.config
         ctl.set_entropy(layer.index, sampled_attention_entropy(layer.q, layer.k, m.heads, cfg.entropy_rows,
-                                                               cfg.entropy_heads, m.scale))
+                                                               cfg.entropy_heads, getattr(m, "scale", None)))
     layer.q = layer.k = None
 
 
@@ -103,7 +105,8 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
         if layer.capture:
             layer.k = out
 
-    layer.handles += [m.to_q.register_forward_hook(capture_q), m.to_k.register_forward_hook(capture_k)]
+    if hasattr(m, "to_q") and hasattr(m, "to_k"):  # H_t from the Q/K these project (families: which tokens)
+        layer.handles += [m.to_q.register_forward_hook(capture_q), m.to_k.register_forward_hook(capture_k)]
     if cfg.granularity == "block":
         if block is None:
             raise ValueError(f"granularity='block' needs each self-attention inside a transformer block; "
@@ -111,31 +114,40 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
         _attach_block(ctl, layer, block, compile_fn)
         return
 
+    io = attention_streams(m)  # joint attention returns (image, text) outputs: one (B, N + M, D) tensor
+
     def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        sig = signature(hidden_states)
+        # an entry is served only for the inputs it was computed from: the output's signature (its shape may differ:
+        # joint attention's (B, N + M, D), Lumina's unflattened heads) stands for them while the inputs match
+        sig_in = (signature(hidden_states), signature(encoder_hidden_states) if torch.is_tensor(encoder_hidden_states)
+                  else None)
+        sig = layer.sig_out if sig_in == layer.sig_in else sig_in
         if ctl.try_reuse(i, ("k", "v") if kv else ("out",), sig, hidden_states):
             if not kv:
-                return ctl.cached(i, "out")
+                return io.split(ctl.cached(i, "out"))
             layer.kv = (ctl.cached(i, "k"), ctl.cached(i, "v"))
         else:
             ctl.computed_input(i, hidden_states)
+            layer.sig_in = sig_in
         layer.capture = layer.kv is None and ctl.wants_entropy()
         try:
             share = not kv and ctl.cfg_share_now and attention_mask is None and hidden_states.shape[0] % 2 == 0
             if share:
-                half = hidden_states.shape[0] // 2
-                cond = hidden_states[:half] if cfg.cfg_layout == "cond_first" else hidden_states[half:]
-                o = orig(cond, encoder_hidden_states, attention_mask, **kwargs)  # (B/2, N, D)
-                out = torch.cat([o, o])
+                B, first = hidden_states.shape[0], cfg.cfg_layout == "cond_first"
+                half = {k: _cond_half(v, B, first) for k, v in kwargs.items()}
+                text = _cond_half(encoder_hidden_states, B, first)
+                o = io.join_output(orig(_cond_half(hidden_states, B, first), text, attention_mask, **half), None)
+                out = torch.cat([o, o])  # (B, N, D); (B, N + M, D) for joint attention
                 ctl.cfg_shared += 1
             else:
-                out = orig(hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+                out = io.join_output(orig(hidden_states, encoder_hidden_states, attention_mask, **kwargs), None)
         finally:
             layer.kv, layer.capture = None, False
         if not kv:
+            layer.sig_out = signature(out)
             ctl.store(i, "out", out)
         _entropy(ctl, layer)
-        return out
+        return io.split(out)
 
     _patch_forward(m, forward, layer)
     if kv:
@@ -146,6 +158,7 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
                 if layer.kv is not None:
                     return layer.kv[_j]
                 y = _orig(x)
+                layer.sig_out = signature(y)  # K and V alike
                 ctl.store(i, _kind, y)
                 return y
 
@@ -182,13 +195,15 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
         raise TypeError(f"config must be a DQARConfig, a preset name or None, got {type(config).__name__}")
     if getattr(transformer, _ATTR, None) is not None:
         raise RuntimeError(f"DQAR is already attached to this {type(transformer).__name__}; call remove_dqar first")
-    mods = self_attention_modules(transformer)
-    if not mods:
-        raise ValueError(f"{type(transformer).__name__} has no diffusers self-attention (Attention) modules "
-                         "to attach DQAR to")
-    ctl = DQARController(config, [n for n, _ in mods], scheduler, prompt_length)
-    layers = [_Layer(i, m) for i, (_, m) in enumerate(mods)]
-    named = dict(transformer.named_modules())
+    points = attachment_points(transformer, per_block=config.granularity in ("block", "stack"))
+    if not points:
+        raise ValueError(f"{type(transformer).__name__} has no diffusers self-attention modules (Attention or "
+                         "AttentionModuleMixin) to attach DQAR to")
+    why = family_refusal(transformer, config.granularity, points)
+    if why:
+        raise ValueError(why)
+    ctl = DQARController(config, [n for n, _, _ in points], scheduler, prompt_length)
+    layers = [_Layer(i, m) for i, (_, m, _) in enumerate(points)]
 
     ctl._layers, ctl._handles = layers, []
     if compile:  # graphs compiled before DQAR's Q/K hooks existed must not be reused without them
@@ -199,21 +214,27 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
         return torch.compile(fn, **(compile_options or {})) if compile else fn
 
     try:
-        for layer, (name, _) in zip(layers, mods):
-            _attach_layer(ctl, layer, named.get(name.rpartition(".")[0]) if "." in name else None, compile_fn)
+        for layer, (_, _, block) in zip(layers, points):
+            _attach_layer(ctl, layer, block, compile_fn)
     except Exception:  # all or nothing: undo the layers attached so far
         _detach(ctl)
         raise
 
     params = inspect.signature(transformer.forward)
+    t_scale = timestep_scale(transformer)  # Flux-style families take t / 1000
 
     def pre(_mod, args, kwargs):
         bound = params.bind_partial(*args, **kwargs).arguments
-        ctl.begin_step(ctl.host_timestep(bound.get("timestep")), lambda: _prompt_tokens(bound))
+        t_in = bound.get("timestep")
+        t = ctl.host_timestep(t_in)
+        if t is not None and t_scale != 1 and not (torch.is_tensor(t_in) and t_in.device.type != "cpu"
+                                                  and ctl.scheduler is not None):
+            t *= t_scale  # a device timestep was read off the scheduler's schedule, already on its scale
+        ctl.begin_step(t, lambda: _prompt_tokens(bound))
 
     def post(_mod, args, kwargs, output):
         bound = params.bind_partial(*args, **kwargs).arguments
-        out = output.sample if hasattr(output, "sample") else output[0]
+        out = output.sample if hasattr(output, "sample") else output[0]  # a tuple with return_dict=False
         ctl.end_step(bound["hidden_states"], out)
 
     ctl._handles = [transformer.register_forward_pre_hook(pre, with_kwargs=True),

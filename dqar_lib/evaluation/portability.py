@@ -1,0 +1,134 @@
+"""The portability table: which diffusers image-transformer families DQAR attaches to, and what holds on each.
+
+    rows = portability_rows()          # one dict per image transformer class in diffusers.models
+    table = portability_table(rows)    # the same as a markdown table, for the book
+
+For each family with a tiny config in `dqar_lib.models.tiny_families`, a few steps on its own scheduler check:
+it attaches; the "off" preset is bit-identical to the bare model; after removal the output is bit-identical to
+before; "always" reuses at every granularity that applies (and a refused one says why); a forecast
+(`forecast_order=1`) reuses; H_t and SNR_t are measured. A class with no tiny config says why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..method.config import GRANULARITIES, DQARConfig
+from ..method.families import Streams, attachment_points
+from ..method.hooks import apply_dqar, remove_dqar
+from ..models.tiny_families import FAMILIES, FamilySpec
+
+# Image-transformer classes without a tiny config here, and why (others: not tried in this session).
+WHY_NOT = {
+    "DualTransformer2DModel": "not a denoiser of its own: it mixes two Transformer2DModel outputs inside a UNet",
+    "Transformer2DModel": "the UNet-era generic block stack (its DiT and PixArt forms have their own classes here)",
+}
+NOT_TRIED = "not tried in this session (no tiny config yet)"
+COLUMNS = ("family", "attaches", "off_identical", "removal_identical", "always_reuse", "granularities", "forecast",
+           "text_stream", "H_t", "SNR_t", "note")
+
+
+def image_transformer_classes() -> list[str]:
+    """Every image (2D) transformer class that `diffusers.models` exports (video, audio and 1D/3D ones left out)."""
+    import diffusers.models as dm
+    from diffusers.models.modeling_utils import ModelMixin
+
+    names = []
+    for name in dir(dm):
+        cls = getattr(dm, name, None)
+        if isinstance(cls, type) and issubclass(cls, ModelMixin) and ".transformers." in cls.__module__ \
+                and ("2D" in name or "Image" in name) and "3D" not in name:
+            names.append(name)
+    return sorted(names)
+
+
+def _run(model, spec: FamilySpec, timesteps: list[float]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(**spec.inputs(t)).sample for t in timesteps]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _reuse(model, spec, scheduler, timesteps, config: DQARConfig) -> tuple[float | None, dict, str]:
+    """(reuse fraction, the controller's trace summary, the refusal) of one attached run; None if refused."""
+    try:
+        ctl = apply_dqar(model, config, scheduler=scheduler)
+    except ValueError as e:
+        return None, {}, str(e)
+    try:
+        outs = _run(model, spec, timesteps)
+    finally:
+        remove_dqar(model)
+    trace = ctl.trace()
+    H = [r["H_t"] for r in trace if r["H_t"] is not None and math.isfinite(r["H_t"])]
+    snr = [r["SNR_t"] for r in trace if r["SNR_t"] is not None and math.isfinite(r["SNR_t"])]
+    finite = all(torch.isfinite(o).all() for o in outs)
+    return ctl.stats()["reuse_fraction"] if finite else 0.0, {"H_t": H, "SNR_t": snr}, ""
+
+
+def check_family(name: str, spec: FamilySpec, steps: int = 3) -> dict:
+    """One row of the table for the family `name` (see the module docstring)."""
+    row = dict.fromkeys(COLUMNS, "")
+    row["family"] = name
+    model = spec.make()
+    scheduler = spec.scheduler()
+    scheduler.set_timesteps(steps)
+    ts = [float(t) for t in scheduler.timesteps]
+    base = _run(model, spec, ts)
+    try:
+        apply_dqar(model, "off", scheduler=scheduler)
+    except Exception as e:  # the table says why, in the family's own words
+        row.update(attaches=False, note=f"{type(e).__name__}: {e}")
+        return row
+    off = _run(model, spec, ts)
+    remove_dqar(model)
+    row.update(attaches=True, off_identical=_same(base, off))
+    applied, refused, fractions, signals = [], [], {}, {}
+    for g in GRANULARITIES:
+        frac, sig, why = _reuse(model, spec, scheduler, ts, DQARConfig.preset("always", granularity=g))
+        if frac is None:
+            refused.append(f"{g}: {why}")
+            continue
+        fractions[g], signals = frac, signals or sig
+        if frac > 0:
+            applied.append(g)
+    row["removal_identical"] = _same(base, _run(model, spec, ts))
+    row["always_reuse"] = round(fractions.get("block", 0.0), 3)
+    row["granularities"] = ", ".join(applied)
+    frac, _, _ = _reuse(model, spec, scheduler, ts, DQARConfig.preset("always", granularity="block", forecast_order=1))
+    row["forecast"] = "on" if frac else "off"
+    points = attachment_points(model, per_block=True)
+    joint = any(Streams(b).joint for _, _, b in points if b is not None)
+    cross = any(getattr(m, "is_cross_attention", False) for m in model.modules())
+    row["text_stream"] = "joint" if joint else "cross-attention" if cross else "none (class labels)"
+    row["H_t"] = round(sum(signals["H_t"]) / len(signals["H_t"]), 3) if signals.get("H_t") else "none"
+    row["SNR_t"] = round(max(signals["SNR_t"]), 3) if signals.get("SNR_t") else "none"
+    row["note"] = "; ".join(refused)
+    return row
+
+
+def portability_rows(steps: int = 3, families: list[str] | None = None) -> list[dict]:
+    """One row per image-transformer class in diffusers.models (or per name in `families`), checked or explained."""
+    rows = []
+    for name in families or image_transformer_classes():
+        if name in FAMILIES:
+            rows.append(check_family(name, FAMILIES[name], steps))
+        else:
+            rows.append(dict(dict.fromkeys(COLUMNS, ""), family=name, attaches="not checked",
+                             note=WHY_NOT.get(name, NOT_TRIED)))
+    return rows
+
+
+def portability_table(rows: list[dict]) -> str:
+    """The rows as a markdown table (checked families first)."""
+    def cell(v):
+        return "yes" if v is True else "no" if v is False else str(v).replace("|", "/")
+
+    rows = sorted(rows, key=lambda r: r["attaches"] == "not checked")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)

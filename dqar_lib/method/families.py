@@ -1,0 +1,203 @@
+"""Where DQAR attaches in a diffusers transformer of any family, found by structure rather than by class.
+
+- The self-attention modules: every `Attention` that is not cross-attention, and every module of diffusers' newer
+  attention classes (`AttentionModuleMixin`: Flux, Chroma, QwenImage, ...) with Q/K/V projections that does not
+  declare itself cross-attention. Joint attention (MMDiT: image and text tokens attend together) counts as
+  self-attention.
+- The block stack: the `ModuleList` elements (transformer blocks) that hold those attentions, in depth order;
+  the "block" and "stack" granularities route one layer per block (its first self-attention measures H_t).
+- The streams: a joint block takes `hidden_states` (image tokens, (B, N, D)) and `encoder_hidden_states` (text
+  tokens, (B, M, D)) and returns both, as `(encoder_hidden_states, hidden_states)` (SD3, Flux) or the other way
+  round (read off the block's own ``return`` statement). `Streams` joins them into one tensor, the image tokens
+  then the text tokens, (B, N + M, D), so that a residual, a cache entry and a forecast cover both streams at
+  once, and splits a served tensor back into the block's own output form.
+
+What is reused for the text tokens, per granularity:
+
+- "block" and "stack": the text stream's residual, with the image stream's (one entry); a reused joint block
+  returns both streams advanced by the residuals they had when it last computed. Where a block returns no text
+  output (SD3's last block, `context_pre_only`), the text stream is served unchanged, as the block would.
+- "attn": the joint attention's text output, cached and served with its image output.
+- "kv": only the image tokens' K/V (`to_k`, `to_v`); the text tokens' K/V (`add_k_proj`, `add_v_proj`) are
+  recomputed every step. A single-stream block (Flux's) projects text and image tokens together, so there both
+  are reused.
+- H_t: from the Q/K that `to_q` / `to_k` project: in joint attention the image tokens only (the text tokens
+  go through `add_q_proj` / `add_k_proj`); in a single-stream block the joint sequence.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import textwrap
+
+import torch
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention
+
+IMAGE, TEXT = "hidden_states", "encoder_hidden_states"
+
+
+def is_self_attention(m: torch.nn.Module) -> bool:
+    """A diffusers attention module that attends over the image tokens (joint attention included)."""
+    if isinstance(m, Attention):
+        return not m.is_cross_attention
+    if isinstance(m, AttentionModuleMixin):
+        return hasattr(m, "to_q") and not getattr(m, "is_cross_attention", False) \
+            and getattr(m, "cross_attention_dim_head", None) is None
+    return False
+
+
+def self_attention_modules(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The self-attention modules in depth order (cross-attention is left alone)."""
+    return [(n, m) for n, m in transformer.named_modules() if is_self_attention(m)]
+
+
+def block_of(transformer: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """The transformer block that holds the module `name`: the shallowest ancestor that is an element of a
+    `ModuleList` (a block stack), else its parent module (None at the top level)."""
+    if "." not in name:
+        return None
+    named = dict(transformer.named_modules())
+    parts = name.split(".")
+    for k in range(1, len(parts)):
+        if isinstance(named.get(".".join(parts[:k - 1]) if k > 1 else ""), torch.nn.ModuleList):
+            return named[".".join(parts[:k])]
+    return named[name.rpartition(".")[0]]
+
+
+def attachment_points(transformer: torch.nn.Module, per_block: bool
+                      ) -> list[tuple[str, torch.nn.Module, torch.nn.Module | None]]:
+    """(name, self-attention, block) per DQAR layer in depth order; `per_block`: one layer per block (its first
+    self-attention), as the "block" and "stack" granularities route whole blocks."""
+    points, seen = [], set()
+    for name, m in self_attention_modules(transformer):
+        block = block_of(transformer, name)
+        if per_block and block is not None:
+            if id(block) in seen:
+                continue
+            seen.add(id(block))
+        points.append((name, m, block))
+    return points
+
+
+def _role(name: str) -> str:
+    """"image", "text" or "" for a returned variable's name (hidden_states / img_attn_output, encoder_hidden_states /
+    txt_attn_output, ...)."""
+    if name.startswith(("encoder_hidden_states", "txt", "text", "context")):
+        return TEXT
+    if name.startswith(("hidden_states", "img", "image")):
+        return IMAGE
+    return ""
+
+
+def _returned_roles(fn) -> tuple[str, ...] | None:
+    """The stream each element of the tuple a function returns carries (`return encoder_hidden_states,
+    hidden_states` -> (text, image)), read from its source; None if it returns no tuple with both streams."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):
+            roles = tuple(_role(e.id) if isinstance(e, ast.Name) else "" for e in node.value.elts)
+            if IMAGE in roles and TEXT in roles:
+                return roles
+    return None
+
+
+class Streams:
+    """The image and text streams of a module's inputs and outputs (a block or an attention), as one tensor.
+
+    A module that returns a tensor has one stream: `join` and `split` pass it through. One that returns a tuple
+    carries `hidden_states` and `encoder_hidden_states`, in the order of its own ``return`` statement.
+    """
+
+    def __init__(self, module: torch.nn.Module, fn=None):
+        self.order = _returned_roles(fn or type(module).forward)  # e.g. ("encoder_hidden_states", "hidden_states")
+        self.tuple_out = self.order is not None  # whether its last output was a tuple (joint attention returns a
+        self.text_out = True  # tensor when called without text); whether that tuple carried the text stream
+        self.N = None  # image tokens of the last join
+
+    @property
+    def joint(self) -> bool:
+        return self.order is not None
+
+    def join(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """(B, N, D) image and (B, M, D) text tokens -> (B, N + M, D); the image alone for a one-stream module."""
+        self.N = image.shape[1]
+        if not self.joint or text is None:
+            return image
+        if text.shape[-1] != image.shape[-1]:
+            raise ValueError(f"{type(self).__name__}: text width {text.shape[-1]} != image width {image.shape[-1]}")
+        return torch.cat([image, text], dim=1)
+
+    def join_output(self, out, text_in: torch.Tensor | None) -> torch.Tensor:
+        """The module's output as one tensor, like `join` (a missing text output counts as the text input)."""
+        self.tuple_out = self.joint and isinstance(out, tuple)
+        if not self.tuple_out:
+            return out
+        parts = dict(zip(self.order, out))
+        text = parts.get(TEXT)
+        self.text_out = text is not None
+        return self.join(parts[IMAGE], text if text is not None else text_in)
+
+    def split(self, x: torch.Tensor):
+        """A joined tensor back in the module's own output form."""
+        if not self.tuple_out:
+            return x
+        image, text = x[:, :self.N], (x[:, self.N:] if self.text_out else None)
+        return tuple(image if n == IMAGE else text if n == TEXT else None for n in self.order)
+
+
+def attention_streams(m: torch.nn.Module) -> Streams:
+    """The streams of an attention module's output, read off its processor (joint processors return a tuple)."""
+    processor = getattr(m, "processor", None)
+    return Streams(m, type(processor).__call__ if processor is not None else None)
+
+
+_SCALED_T = re.compile(r"\btimestep\s*=\s*timestep\b[^\n]*\*\s*1000\b")
+
+
+def timestep_scale(transformer: torch.nn.Module) -> float:
+    """1000 for a family whose forward takes t / 1000 and scales it back (Flux, Chroma: the pipelines pass
+    sigma), else 1: DQAR reads progress off t on the scheduler's 0..1000 scale."""
+    try:
+        src = inspect.getsource(type(transformer).forward)
+    except (OSError, TypeError):
+        return 1.0
+    return 1000.0 if _SCALED_T.search(src) else 1.0
+
+
+def family_refusal(transformer: torch.nn.Module, granularity: str,
+                   points: list[tuple[str, torch.nn.Module, torch.nn.Module | None]]) -> str | None:
+    """Why `granularity` cannot apply to this family, in one sentence naming it (None if it can)."""
+    family = type(transformer).__name__
+    if granularity == "kv":
+        fused = [n for n, m, _ in points if not (hasattr(m, "to_k") and hasattr(m, "to_v"))]
+        if fused:
+            return (f"granularity='kv' reuses the separate K/V projections (to_k, to_v), and {family}'s "
+                    f"{fused[0]} has none (fused QKV)")
+    if granularity in ("block", "stack"):
+        loose = [n for n, _, b in points if b is None]
+        if loose:
+            return f"granularity={granularity!r} needs each self-attention inside a transformer block; {family}'s " \
+                   f"{loose[0]} has no parent module"
+        lists = _stack_names(transformer, points)
+        if granularity == "stack" and len(lists) > 1 and not all(
+                TEXT in inspect.signature(b.forward).parameters for _, _, b in points):
+            return (f"granularity='stack' serves the whole block stack from its first block's input, and {family}'s "
+                    f"blocks lie in {len(lists)} stacks ({', '.join(lists)}) over different token sequences")
+    return None
+
+
+def _stack_names(transformer: torch.nn.Module, points) -> list[str]:
+    """The names of the ModuleLists that hold the blocks of `points`, in depth order."""
+    named = {id(m): n for n, m in transformer.named_modules()}
+    out = []
+    for _, _, b in points:
+        parent = named.get(id(b), "").rpartition(".")[0]
+        if parent not in out:
+            out.append(parent)
+    return out
