@@ -157,6 +157,24 @@ def attention_streams(m: torch.nn.Module) -> Streams:
     return Streams(m, type(processor).__call__ if processor is not None else None)
 
 
+_UNCOND_FIRST = re.compile(r"torch\.cat\(\s*\[\s*negative_prompt_embeds\s*,\s*prompt_embeds")
+_COND_FIRST = re.compile(r"torch\.cat\(\s*\[\s*(prompt_embeds\s*,\s*negative_prompt_embeds"
+                         r"|class_labels\s*,\s*class_null)")
+
+
+def cfg_layout(pipe) -> str | None:
+    """Where `pipe` puts the conditional half of a CFG batch, read off its ``__call__``: "cond_second" where it
+    concatenates [negative, positive] (PixArt, SD3, Sana, HunyuanDiT, AuraFlow), "cond_first" where [positive,
+    negative] (DiT's class labels, Lumina); None where it batches no CFG (Flux runs its passes apart)."""
+    try:
+        src = inspect.getsource(type(pipe).__call__)
+    except (OSError, TypeError):
+        return None
+    if _UNCOND_FIRST.search(src):
+        return "cond_second"
+    return "cond_first" if _COND_FIRST.search(src) else None
+
+
 _SCALED_T = re.compile(r"\btimestep\s*=\s*timestep\b[^\n]*\*\s*1000\b")
 
 

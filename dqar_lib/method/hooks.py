@@ -17,7 +17,7 @@ import torch
 from .cache import signature
 from .config import DQARConfig
 from .controller import DQARController
-from .families import Streams, attachment_points, attention_streams, family_refusal, timestep_scale
+from .families import Streams, attachment_points, attention_streams, cfg_layout, family_refusal, timestep_scale
 from .families import self_attention_modules as self_attention_modules
 from .stats import sampled_attention_entropy
 
@@ -277,9 +277,9 @@ def dqar(pipe_or_transformer, config: DQARConfig | str | None = "dqar", **apply_
     """`with dqar(pipe, "dqar"): images = pipe(...)`: DQAR attached to `pipe.transformer` with `pipe.scheduler`
     for the block, removed on exit (an exception included); yields the controller.
 
-    A bare transformer works too (pass `scheduler=` in `apply_kwargs` for SNR_t on its schedule). diffusers'
-    PixArt pipelines put the unconditional half of a CFG batch first, so there `cfg_layout` becomes
-    "cond_second" (DiT's pipeline puts it second: "cond_first", the default).
+    A bare transformer works too (pass `scheduler=` in `apply_kwargs` for SNR_t on its schedule). `cfg_layout`
+    becomes the pipeline's own (`families.cfg_layout`): PixArt, SD3, Sana, HunyuanDiT and AuraFlow pipelines put the
+    unconditional half of a CFG batch first ("cond_second"), DiT's puts it second ("cond_first", the default).
     """
     transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
     if not isinstance(transformer, torch.nn.Module):
@@ -287,9 +287,10 @@ def dqar(pipe_or_transformer, config: DQARConfig | str | None = "dqar", **apply_
                         f"{type(pipe_or_transformer).__name__}")
     if transformer is not pipe_or_transformer:
         apply_kwargs.setdefault("scheduler", getattr(pipe_or_transformer, "scheduler", None))
-        if type(pipe_or_transformer).__name__.startswith("PixArt"):
+        layout = cfg_layout(pipe_or_transformer)
+        if layout is not None:
             config = config if isinstance(config, DQARConfig) else DQARConfig.preset(config or "dqar")
-            config = config.replace(cfg_layout="cond_second")
+            config = config.replace(cfg_layout=layout)
     ctl = apply_dqar(transformer, config, **apply_kwargs)
     try:
         yield ctl
