@@ -1,4 +1,4 @@
-"""The portability table: which diffusers image-transformer families DQAR attaches to, and what holds on each.
+"""The portability table: which diffusers image-transformer families DQAR attaches to, and what holds on each::
 
     rows = portability_rows()          # one dict per image transformer class in diffusers.models
     table = portability_table(rows)    # the same as a markdown table, for the book
@@ -12,6 +12,7 @@ before; "always" reuses at every granularity that applies (and a refused one say
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -74,7 +75,9 @@ def check_family(name: str, spec: FamilySpec, steps: int = 3) -> dict:
     """One row of the table for the family `name` (see the module docstring)."""
     row = dict.fromkeys(COLUMNS, "")
     row["family"] = name
-    model = spec.make()
+    with warnings.catch_warnings():  # constructors' deprecation notes (e.g. Chroma's FluxPosEmbed import)
+        warnings.simplefilter("ignore", FutureWarning)
+        model = spec.make()
     scheduler = spec.scheduler()
     scheduler.set_timesteps(steps)
     ts = [float(t) for t in scheduler.timesteps]

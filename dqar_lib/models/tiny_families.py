@@ -1,4 +1,4 @@
-"""One tiny random transformer per diffusers image-transformer family, built in code (seeded), with its inputs.
+"""One tiny random transformer per diffusers image-transformer family, built in code (seeded), with its inputs::
 
     spec = FAMILIES["FluxTransformer2DModel"]
     model = spec.make()                                  # a few layers, width 16: a CPU forward in milliseconds
