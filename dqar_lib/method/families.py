@@ -41,8 +41,8 @@ IMAGE, TEXT = "hidden_states", "encoder_hidden_states"
 
 def is_self_attention(m: torch.nn.Module) -> bool:
     """A diffusers attention module that attends over the image tokens (joint attention included)."""
-    if isinstance(m, Attention):
-        return not m.is_cross_attention
+    if isinstance(m, Attention):  # HiDream's subclass sets no is_cross_attention
+        return not getattr(m, "is_cross_attention", False)
     if isinstance(m, AttentionModuleMixin):
         return hasattr(m, "to_q") and not getattr(m, "is_cross_attention", False) \
             and getattr(m, "cross_attention_dim_head", None) is None
@@ -52,6 +52,16 @@ def is_self_attention(m: torch.nn.Module) -> bool:
 def self_attention_modules(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The self-attention modules in depth order (cross-attention is left alone)."""
     return [(n, m) for n, m in transformer.named_modules() if is_self_attention(m)]
+
+
+def no_self_attention(transformer: torch.nn.Module) -> str:
+    """Why `transformer` offers DQAR nothing to attach to, in one sentence naming its family."""
+    family = type(transformer).__name__
+    cross = [m for m in transformer.modules() if isinstance(m, (Attention, AttentionModuleMixin))]
+    if cross:
+        return (f"{family} has no self-attention modules to attach DQAR to: its {len(cross)} attention modules are "
+                "declared cross-attention (is_cross_attention), which DQAR leaves alone")
+    return f"{family} has no diffusers self-attention modules (Attention or AttentionModuleMixin) to attach DQAR to"
 
 
 def block_of(transformer: torch.nn.Module, name: str) -> torch.nn.Module | None:
@@ -85,8 +95,8 @@ def attachment_points(transformer: torch.nn.Module, per_block: bool
 def _role(name: str) -> str:
     """"image", "text" or "" for a returned variable's name (hidden_states / img_attn_output, encoder_hidden_states /
     txt_attn_output, ...)."""
-    if name.startswith(("encoder_hidden_states", "txt", "text", "context")):
-        return TEXT
+    if name.startswith(("encoder_hidden_states", "txt", "text", "context")) or name.endswith("_t"):
+        return TEXT  # HiDream: hidden_states_i (image), hidden_states_t (text)
     if name.startswith(("hidden_states", "img", "image")):
         return IMAGE
     return ""
@@ -107,6 +117,21 @@ def _returned_roles(fn) -> tuple[str, ...] | None:
     return None
 
 
+def _delegate(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The submodule a wrapper block's forward returns the call of (`return self.block(...)`: HiDream), if any."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(module).forward)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Call) \
+                and isinstance(node.value.func, ast.Attribute) and isinstance(node.value.func.value, ast.Name) \
+                and node.value.func.value.id == "self":
+            sub = getattr(module, node.value.func.attr, None)
+            return sub if isinstance(sub, torch.nn.Module) else None
+    return None
+
+
 class Streams:
     """The image and text streams of a module's inputs and outputs (a block or an attention), as one tensor.
 
@@ -116,6 +141,9 @@ class Streams:
 
     def __init__(self, module: torch.nn.Module, fn=None):
         self.order = _returned_roles(fn or type(module).forward)  # e.g. ("encoder_hidden_states", "hidden_states")
+        inner = _delegate(module) if self.order is None and fn is None else None
+        if inner is not None:  # a wrapper block: the streams of the block it calls
+            self.order = Streams(inner).order
         self.tuple_out = self.order is not None  # whether its last output was a tuple (joint attention returns a
         self.text_out = True  # tensor when called without text); whether that tuple carried the text stream
         self.N = None  # image tokens of the last join

@@ -17,7 +17,15 @@ import torch
 from .cache import signature
 from .config import DQARConfig
 from .controller import DQARController
-from .families import Streams, attachment_points, attention_streams, cfg_layout, family_refusal, timestep_scale
+from .families import (
+    Streams,
+    attachment_points,
+    attention_streams,
+    cfg_layout,
+    family_refusal,
+    no_self_attention,
+    timestep_scale,
+)
 from .families import self_attention_modules as self_attention_modules
 from .stats import sampled_attention_entropy
 
@@ -197,8 +205,7 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
         raise RuntimeError(f"DQAR is already attached to this {type(transformer).__name__}; call remove_dqar first")
     points = attachment_points(transformer, per_block=config.granularity in ("block", "stack"))
     if not points:
-        raise ValueError(f"{type(transformer).__name__} has no diffusers self-attention modules (Attention or "
-                         "AttentionModuleMixin) to attach DQAR to")
+        raise ValueError(no_self_attention(transformer))
     why = family_refusal(transformer, config.granularity, points)
     if why:
         raise ValueError(why)
@@ -225,7 +232,7 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
 
     def pre(_mod, args, kwargs):
         bound = params.bind_partial(*args, **kwargs).arguments
-        t_in = bound.get("timestep")
+        t_in = bound.get("timestep", bound.get("timesteps"))  # HiDream names it timesteps
         t = ctl.host_timestep(t_in)
         if t is not None and t_scale != 1 and not (torch.is_tensor(t_in) and t_in.device.type != "cpu"
                                                   and ctl.scheduler is not None):

@@ -167,6 +167,51 @@ def _lumina_rope():
     return get_2d_rotary_pos_embed_lumina(8, 16, 16)  # head dim 8
 
 
+def _flux2():
+    from diffusers import Flux2Transformer2DModel
+
+    return _seeded(Flux2Transformer2DModel, patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
+                   timestep_guidance_channels=256, axes_dims_rope=(4, 4, 4, 4))()
+
+
+def _bria():
+    from diffusers import BriaTransformer2DModel
+
+    return _seeded(BriaTransformer2DModel, patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                   attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
+                   pooled_projection_dim=None, axes_dims_rope=(0, 4, 4))()
+
+
+def _hidream():
+    from diffusers import HiDreamImageTransformer2DModel
+
+    return _seeded(HiDreamImageTransformer2DModel, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                   num_single_layers=1, attention_head_dim=8, num_attention_heads=2, caption_channels=(8, 4),
+                   text_emb_dim=8, num_routed_experts=2, num_activated_experts=2, axes_dims_rope=(4, 2, 2),
+                   max_resolution=(8, 8), llama_layers=(0, 1), force_inference_output=True)()
+
+
+def _omnigen():
+    from diffusers import OmniGenTransformer2DModel
+
+    return _seeded(OmniGenTransformer2DModel, hidden_size=16, num_attention_heads=4, num_key_value_heads=4,
+                   intermediate_size=32, num_layers=2, pad_token_id=0, vocab_size=64, in_channels=4, time_step_dim=4,
+                   rope_scaling={"long_factor": [1, 2], "short_factor": [1, 2]})()
+
+
+def _ids(*axes):
+    return torch.cartesian_prod(*[torch.arange(n) for n in axes]).float()  # (prod(axes), len(axes))
+
+
+def _omnigen_inputs(t):
+    n = TEXT_TOKENS + 1 + 16  # caption tokens, the time token, 4 x 4 image patches
+    return dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t / 1000),
+                input_ids=torch.arange(B * TEXT_TOKENS).reshape(B, TEXT_TOKENS) % 10 + 1,
+                input_img_latents=[], input_image_sizes={}, attention_mask=torch.ones(B, n, n),
+                position_ids=torch.arange(n).repeat(B, 1))
+
+
 def _cog_inputs(t):
     return dict(hidden_states=_randn(B, 4, 8, 8), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
                 timestep=_t(t), original_size=torch.tensor([[8.0, 8.0]] * B),
@@ -231,6 +276,22 @@ FAMILIES: dict[str, FamilySpec] = {
                                      encoder_mask=torch.ones(B, TEXT_TOKENS, dtype=torch.bool),
                                      image_rotary_emb=_lumina_rope(), cross_attention_kwargs={}),
         _flow),
+    "Flux2Transformer2DModel": FamilySpec(
+        _flux2, lambda t: dict(hidden_states=_randn(B, 16, 4), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                               timestep=_t(t / 1000), guidance=_t(1.0), img_ids=_ids(1, 4, 4, 1).expand(B, -1, -1),
+                               txt_ids=_ids(1, 1, 1, TEXT_TOKENS).expand(B, -1, -1)),
+        _flow),
+    "BriaTransformer2DModel": FamilySpec(
+        _bria, lambda t: dict(hidden_states=_randn(B, 16, 4), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                              timestep=_t(t / 1000), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3)),
+        _flow),
+    "HiDreamImageTransformer2DModel": FamilySpec(
+        _hidream, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timesteps=_t(t),
+                                 encoder_hidden_states_t5=_randn(B, TEXT_TOKENS, 8),
+                                 encoder_hidden_states_llama3=_randn(2, B, TEXT_TOKENS, 4),
+                                 pooled_embeds=_randn(B, 8)),
+        _flow),
+    "OmniGenTransformer2DModel": FamilySpec(_omnigen, _omnigen_inputs, _flow),
 }
 
 
