@@ -36,6 +36,8 @@ def _run(model, spec, ts):
 
 
 REFUSED = {"OmniGenTransformer2DModel": "its 2 attention modules are declared cross-attention"}
+NO_KV = {"PRXTransformer2DModel", "Flux2Transformer2DModel"}  # fused QKV projections (Flux2: its single blocks)
+NO_QK = {"PRXTransformer2DModel"}  # fused QKV everywhere: no Q/K to read H_t from
 
 
 @pytest.mark.parametrize("name", sorted(set(FAMILIES) - set(REFUSED)))
@@ -46,9 +48,11 @@ def test_family_contract(name):
     assert row["off_identical"] is True
     assert row["removal_identical"] is True
     assert row["always_reuse"] > 0
-    assert {"attn", "kv", "block"} <= set(row["granularities"].split(", ")), row["note"]
+    assert ({"attn", "block"} if name in NO_KV else {"attn", "kv", "block"}) <= set(row["granularities"].split(", "))
+    assert ("granularity='kv'" in row["note"]) is (name in NO_KV)
+    assert ("H_t: not measured" in row["note"]) is (name in NO_QK)
     assert row["forecast"] == "on"
-    assert isinstance(row["H_t"], float) and 0 < row["H_t"] <= 1
+    assert name in NO_QK or isinstance(row["H_t"], float) and 0 < row["H_t"] <= 1
     assert isinstance(row["SNR_t"], float) and row["SNR_t"] > 0
 
 

@@ -6,7 +6,9 @@
 For each family with a tiny config in `dqar_lib.models.tiny_families`, a few steps on its own scheduler check:
 it attaches; the "off" preset is bit-identical to the bare model; after removal the output is bit-identical to
 before; "always" reuses at every granularity that applies (and a refused one says why); a forecast
-(`forecast_order=1`) reuses; H_t and SNR_t are measured. A class with no tiny config says why.
+(`forecast_order=1`) reuses; H_t and SNR_t are measured. A class with no tiny config says why. `text_stream` is
+"joint" for MMDiT blocks (image and text streams), "cross-attention", "in self-attention" (text tokens joined
+into the one sequence, or text K/V added inside the attention: Lumina2, PRX) or "none (class labels)".
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from ..models.tiny_families import FAMILIES, FamilySpec
 # Image-transformer classes without a tiny config here, and why (others: not tried in this session).
 WHY_NOT = {
     "DualTransformer2DModel": "not a denoiser of its own: it mixes two Transformer2DModel outputs inside a UNet",
-    "Transformer2DModel": "the UNet-era generic block stack (its DiT and PixArt forms have their own classes here)",
+    "ZImageTransformer2DModel": "its forward takes lists of per-image tensors (x, t, cap_feats), not a batched "
+                                "hidden_states: DQAR's step hooks read hidden_states and timestep",
 }
 NOT_TRIED = "not tried in this session (no tiny config yet)"
 COLUMNS = ("family", "attaches", "off_identical", "removal_identical", "always_reuse", "granularities", "forecast",
@@ -107,9 +110,12 @@ def check_family(name: str, spec: FamilySpec, steps: int = 3) -> dict:
     points = attachment_points(model, per_block=True)
     joint = any(Streams(b).joint for _, _, b in points if b is not None)
     cross = any(getattr(m, "is_cross_attention", False) for m in model.modules())
-    row["text_stream"] = "joint" if joint else "cross-attention" if cross else "none (class labels)"
+    row["text_stream"] = ("joint" if joint else "cross-attention" if cross else
+                          "in self-attention" if spec.text else "none (class labels)")
     row["H_t"] = round(sum(signals["H_t"]) / len(signals["H_t"]), 3) if signals.get("H_t") else "none"
     row["SNR_t"] = round(max(signals["SNR_t"]), 3) if signals.get("SNR_t") else "none"
+    if not signals.get("H_t"):
+        refused.append("H_t: not measured (no separate to_q / to_k to read Q and K from: fused QKV)")
     row["note"] = "; ".join(refused)
     return row
 

@@ -44,8 +44,7 @@ def is_self_attention(m: torch.nn.Module) -> bool:
     if isinstance(m, Attention):  # HiDream's subclass sets no is_cross_attention
         return not getattr(m, "is_cross_attention", False)
     if isinstance(m, AttentionModuleMixin):
-        return hasattr(m, "to_q") and not getattr(m, "is_cross_attention", False) \
-            and getattr(m, "cross_attention_dim_head", None) is None
+        return not getattr(m, "is_cross_attention", False) and getattr(m, "cross_attention_dim_head", None) is None
     return False
 
 
@@ -57,7 +56,7 @@ def self_attention_modules(transformer: torch.nn.Module) -> list[tuple[str, torc
 def no_self_attention(transformer: torch.nn.Module) -> str:
     """Why `transformer` offers DQAR nothing to attach to, in one sentence naming its family."""
     family = type(transformer).__name__
-    cross = [m for m in transformer.modules() if isinstance(m, (Attention, AttentionModuleMixin))]
+    cross = [m for m in transformer.modules() if isinstance(m, (Attention, AttentionModuleMixin))]  # none is self
     if cross:
         return (f"{family} has no self-attention modules to attach DQAR to: its {len(cross)} attention modules are "
                 "declared cross-attention (is_cross_attention), which DQAR leaves alone")

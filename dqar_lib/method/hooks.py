@@ -100,6 +100,21 @@ def _entropy(ctl: DQARController, layer: _Layer) -> None:
     layer.q = layer.k = None
 
 
+def _arguments(params: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """A call's arguments by name, a `**kwargs` parameter's entries flattened in (so they can be passed again)."""
+    bound = params.bind(*args, **kwargs).arguments
+    out = {}
+    for name, v in bound.items():
+        kind = params.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(v)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"DQAR cannot route an attention forward that takes *{name}")
+        else:
+            out[name] = v
+    return out
+
+
 def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | None, compile_fn) -> None:
     m, i, cfg = layer.module, layer.index, ctl.config
     orig = compile_fn(m.forward)  # the class's bound forward: the compute path (compiled on its own if asked)
@@ -124,7 +139,15 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
 
     io = attention_streams(m)  # joint attention returns (image, text) outputs: one (B, N + M, D) tensor
 
-    def forward(hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+    params = inspect.signature(m.forward)  # Attention's (hidden_states, encoder_hidden_states, attention_mask, ...)
+    # or a newer class's own: Flux2's parallel self-attention takes no text, HiDream's names them norm_...
+    image_arg = next(iter(params.parameters))
+    text_arg = next((n for n in params.parameters if "encoder_hidden_states" in n), None)
+
+    def forward(*args, **kwargs):
+        arguments = _arguments(params, args, kwargs)
+        hidden_states = arguments[image_arg]  # (B, N, D)
+        encoder_hidden_states, attention_mask = arguments.get(text_arg), arguments.get("attention_mask")
         # an entry is served only for the inputs it was computed from: the output's signature (its shape may differ:
         # joint attention's (B, N + M, D), Lumina's unflattened heads) stands for them while the inputs match
         sig_in = (signature(hidden_states), signature(encoder_hidden_states) if torch.is_tensor(encoder_hidden_states)
@@ -142,13 +165,11 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
             share = not kv and ctl.cfg_share_now and attention_mask is None and hidden_states.shape[0] % 2 == 0
             if share:
                 B, first = hidden_states.shape[0], cfg.cfg_layout == "cond_first"
-                half = {k: _cond_half(v, B, first) for k, v in kwargs.items()}
-                text = _cond_half(encoder_hidden_states, B, first)
-                o = io.join_output(orig(_cond_half(hidden_states, B, first), text, attention_mask, **half), None)
+                o = io.join_output(orig(**{k: _cond_half(v, B, first) for k, v in arguments.items()}), None)
                 out = torch.cat([o, o])  # (B, N, D); (B, N + M, D) for joint attention
                 ctl.cfg_shared += 1
             else:
-                out = io.join_output(orig(hidden_states, encoder_hidden_states, attention_mask, **kwargs), None)
+                out = io.join_output(orig(*args, **kwargs), None)
         finally:
             layer.kv, layer.capture = None, False
         if not kv:

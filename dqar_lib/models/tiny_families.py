@@ -200,6 +200,35 @@ def _omnigen():
                    rope_scaling={"long_factor": [1, 2], "short_factor": [1, 2]})()
 
 
+def _flux_like(cls_name, **extra):
+    def make():
+        import diffusers
+
+        return _seeded(getattr(diffusers, cls_name), patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                       attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
+                       axes_dims_rope=(2, 2, 4), **extra)()
+    return make
+
+
+def _flux_like_inputs(t):
+    return dict(hidden_states=_randn(B, 16, 16), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                timestep=_t(t / 1000), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3))
+
+
+def _prx():
+    from diffusers import PRXTransformer2DModel
+
+    return _seeded(PRXTransformer2DModel, in_channels=4, patch_size=2, context_in_dim=TEXT_DIM, hidden_size=16,
+                   num_heads=2, depth=2, axes_dim=(4, 4))()
+
+
+def _transformer2d():
+    from diffusers import Transformer2DModel
+
+    return _seeded(Transformer2DModel, num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                   num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_type="ada_norm_zero")()
+
+
 def _ids(*axes):
     return torch.cartesian_prod(*[torch.arange(n) for n in axes]).float()  # (prod(axes), len(axes))
 
@@ -292,6 +321,17 @@ FAMILIES: dict[str, FamilySpec] = {
                                  pooled_embeds=_randn(B, 8)),
         _flow),
     "OmniGenTransformer2DModel": FamilySpec(_omnigen, _omnigen_inputs, _flow),
+    "LongCatImageTransformer2DModel": FamilySpec(
+        _flux_like("LongCatImageTransformer2DModel", pooled_projection_dim=POOLED_DIM), _flux_like_inputs, _flow),
+    "OvisImageTransformer2DModel": FamilySpec(
+        _flux_like("OvisImageTransformer2DModel", out_channels=16), _flux_like_inputs, _flow),
+    "PRXTransformer2DModel": FamilySpec(
+        _prx, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t / 1000),
+                             encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM)),
+        _flow),
+    "Transformer2DModel": FamilySpec(
+        _transformer2d, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t), class_labels=torch.arange(B)),
+        _ddim, text=False),
 }
 
 
