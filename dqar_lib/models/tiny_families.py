@@ -229,6 +229,22 @@ def _transformer2d():
                    num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_type="ada_norm_zero")()
 
 
+def _nucleus():
+    from diffusers import NucleusMoEImageTransformer2DModel
+
+    return _seeded(NucleusMoEImageTransformer2DModel, patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                   attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 2, 2),
+                   moe_enabled=False, capacity_factors=[8.0, 8.0])()
+
+
+def _glm():
+    from diffusers import GlmImageTransformer2DModel
+
+    return _seeded(GlmImageTransformer2DModel, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+                   attention_head_dim=8, num_attention_heads=2, text_embed_dim=TEXT_DIM, time_embed_dim=16,
+                   condition_dim=8, prior_vq_quantizer_codebook_size=64)()
+
+
 def _ids(*axes):
     return torch.cartesian_prod(*[torch.arange(n) for n in axes]).float()  # (prod(axes), len(axes))
 
@@ -328,6 +344,19 @@ FAMILIES: dict[str, FamilySpec] = {
     "PRXTransformer2DModel": FamilySpec(
         _prx, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t / 1000),
                              encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM)),
+        _flow),
+    "NucleusMoEImageTransformer2DModel": FamilySpec(
+        _nucleus, lambda t: dict(hidden_states=_randn(B, 16, 16),
+                                 encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                                 encoder_hidden_states_mask=torch.ones(B, TEXT_TOKENS, dtype=torch.long),
+                                 timestep=_t(t / 1000), img_shapes=[(1, 4, 4)] * B),
+        _flow),
+    "GlmImageTransformer2DModel": FamilySpec(
+        _glm, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                             prior_token_id=torch.arange(16).repeat(B, 1),  # one per 2 x 2 patch
+                             prior_token_drop=torch.zeros(B, 16, dtype=torch.bool),
+                             timestep=_t(t), target_size=torch.tensor([[8.0, 8.0]] * B),
+                             crop_coords=torch.zeros(B, 2)),
         _flow),
     "Transformer2DModel": FamilySpec(
         _transformer2d, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t), class_labels=torch.arange(B)),
