@@ -31,7 +31,7 @@ WHY_NOT = {
     "ZImageTransformer2DModel": "its forward takes lists of per-image tensors (x, t, cap_feats), not a batched "
                                 "hidden_states: DQAR's step hooks read hidden_states and timestep",
 }
-NOT_TRIED = "not tried in this session (no tiny config yet)"
+NOT_TRIED = "not tried in this session: no tiny config yet"
 COLUMNS = ("family", "attaches", "off_identical", "removal_identical", "always_reuse", "granularities", "forecast",
            "text_stream", "H_t", "SNR_t", "note")
 
@@ -130,8 +130,21 @@ def portability_rows(steps: int = 3, families: list[str] | None = None) -> list[
             rows.append(check_family(name, FAMILIES[name], steps))
         else:
             rows.append(dict(dict.fromkeys(COLUMNS, ""), family=name, attaches="not checked",
-                             note=WHY_NOT.get(name, NOT_TRIED)))
+                             note=WHY_NOT.get(name) or _not_tried(name)))
     return rows
+
+
+def _not_tried(name: str) -> str:
+    """NOT_TRIED, with the inputs the class's forward needs beyond the usual ones (what a tiny config must build)."""
+    import inspect
+
+    import diffusers.models as dm
+
+    usual = {"self", "hidden_states", "timestep", "encoder_hidden_states", "return_dict"}
+    params = inspect.signature(getattr(dm, name).forward).parameters.values()
+    extra = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in usual
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return NOT_TRIED + (f" (its forward also needs {', '.join(extra)})" if extra else "")
 
 
 def portability_table(rows: list[dict]) -> str:
