@@ -254,6 +254,23 @@ def test_flow_model_snr_and_timestep_on_the_schedulers_scale():
     assert ctl.snr.get() == pytest.approx(float(latent_snr(x_t - sigma * v, x_t)), rel=1e-5)
 
 
+def test_stepping_flow_scheduler_gives_t_whatever_the_family_passes():
+    """Lumina2's pipeline passes 1 - t / 1000 (rising): DQAR reads t off the stepping scheduler instead."""
+    spec, sched, ts = _steps("Lumina2Transformer2DModel", n=4)
+    model = spec.make()
+    ctl = apply_dqar(model, DQARConfig.preset("always", granularity="block"), scheduler=sched)
+    seen = []
+    x = spec.inputs(ts[0])["hidden_states"]
+    with torch.no_grad():
+        for t in sched.timesteps:
+            inputs = dict(spec.inputs(float(t)), timestep=torch.full((2,), 1 - float(t) / 1000))
+            v = model(**inputs).sample
+            seen.append(ctl.t)
+            x = sched.step(v, t, x).prev_sample
+    remove_dqar(model)
+    assert seen == pytest.approx(ts) and ctl.stats()["reuse_fraction"] > 0  # one run: no reset at a rising input
+
+
 # ---- pipelines ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["StableDiffusion3Pipeline", "FluxPipeline"])
 def test_dqar_on_a_pipeline(name):

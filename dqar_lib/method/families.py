@@ -1,14 +1,16 @@
 """Where DQAR attaches in a diffusers transformer of any family, found by structure rather than by class.
 
 - The self-attention modules: every `Attention` that is not cross-attention, and every module of diffusers' newer
-  attention classes (`AttentionModuleMixin`: Flux, Chroma, QwenImage, ...) with Q/K/V projections that does not
-  declare itself cross-attention. Joint attention (MMDiT: image and text tokens attend together) counts as
-  self-attention.
+  attention classes (`AttentionModuleMixin`: Flux, Chroma, QwenImage, ...) that does not declare itself
+  cross-attention. Joint attention (MMDiT: image and text tokens attend together) counts as self-attention; so
+  does attention with fused QKV projections (PRX, Flux2's single blocks), where "kv" is refused and H_t is not
+  measured without separate `to_q` / `to_k`.
 - The block stack: the `ModuleList` elements (transformer blocks) that hold those attentions, in depth order;
   the "block" and "stack" granularities route one layer per block (its first self-attention measures H_t).
 - The streams: a joint block takes `hidden_states` (image tokens, (B, N, D)) and `encoder_hidden_states` (text
   tokens, (B, M, D)) and returns both, as `(encoder_hidden_states, hidden_states)` (SD3, Flux) or the other way
-  round (read off the block's own ``return`` statement). `Streams` joins them into one tensor, the image tokens
+  round (read off the block's own ``return`` statement, or that of the block a wrapper calls: HiDream).
+  `Streams` joins them into one tensor, the image tokens
   then the text tokens, (B, N + M, D), so that a residual, a cache entry and a forecast cover both streams at
   once, and splits a served tensor back into the block's own output form.
 
@@ -17,6 +19,8 @@ What is reused for the text tokens, per granularity:
 - "block" and "stack": the text stream's residual, with the image stream's (one entry); a reused joint block
   returns both streams advanced by the residuals they had when it last computed. Where a block returns no text
   output (SD3's last block, `context_pre_only`), the text stream is served unchanged, as the block would.
+  "stack" is refused where the blocks lie in several stacks over different token sequences (Lumina2's refiners,
+  Chroma's and AuraFlow's single-stream blocks over the concatenated sequence).
 - "attn": the joint attention's text output, cached and served with its image output.
 - "kv": only the image tokens' K/V (`to_k`, `to_v`); the text tokens' K/V (`add_k_proj`, `add_v_proj`) are
   recomputed every step. A single-stream block (Flux's) projects text and image tokens together, so there both

@@ -27,6 +27,7 @@ from .families import (
     timestep_scale,
 )
 from .families import self_attention_modules as self_attention_modules
+from .prediction import scheduler_timestep
 from .stats import sampled_attention_entropy
 
 _ATTR = "_dqar_controller"
@@ -258,6 +259,7 @@ def apply_dqar(transformer: torch.nn.Module, config: DQARConfig | str | None = N
         if t is not None and t_scale != 1 and not (torch.is_tensor(t_in) and t_in.device.type != "cpu"
                                                   and ctl.scheduler is not None):
             t *= t_scale  # a device timestep was read off the scheduler's schedule, already on its scale
+        t = scheduler_timestep(ctl.scheduler, t, ctl.num_train_timesteps)  # a stepping flow-matching scheduler's
         ctl.begin_step(t, lambda: _prompt_tokens(bound))
 
     def post(_mod, args, kwargs, output):

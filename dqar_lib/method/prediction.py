@@ -63,3 +63,17 @@ def step_x0(scheduler, x_t: torch.Tensor, out: torch.Tensor, t: float, step: int
         acp = dit_alphas_cumprod()
     a = float(acp[min(int(round(t)), len(acp) - 1)])
     return clean_estimate(kind, x_t, out, alpha_bar=a)
+
+
+def scheduler_timestep(scheduler, t: float | None, num_train_timesteps: int = 1000) -> float | None:
+    """t on the scheduler's 0..T scale. A flow-matching family may pass its own transform of it (Flux t / 1000,
+    Lumina2 1 - t / 1000): where `t` is none of the scheduler's timesteps (sigmas * T), it is read off the
+    scheduler, sigmas[step_index] * T (index 0 before its first step); otherwise `t` is kept as given."""
+    sigmas = getattr(scheduler, "sigmas", None) if prediction_type(scheduler) == "flow" else None
+    if t is None or sigmas is None or len(sigmas) == 0:
+        return t
+    on_scale = [float(s) * num_train_timesteps for s in sigmas[:-1]]  # the last sigma (0) ends the schedule
+    if not on_scale or any(abs(t - v) <= 1e-3 * max(1.0, abs(v)) for v in on_scale):
+        return t
+    idx = getattr(scheduler, "step_index", None) or 0
+    return on_scale[min(idx, len(on_scale) - 1)]
