@@ -3,6 +3,7 @@
     from dqar_lib import DQARConfig, apply_dqar, remove_dqar, sample, load_model
     with dqar_lib.dqar(pipe, "dqar"): images = pipe(...).images      # any DiT / PixArt pipeline
     config = dqar_lib.calibrate(pipe, budget=0.3)                     # the gates fitted to a new model
+    config, fit = dqar_lib.calibrate_plan(model, [1, 3], budget=0.58)  # the fitted whole-stack plan
 """
 
 import logging as _logging
@@ -17,6 +18,7 @@ for _lg in _NOISY:
     _lg.setLevel(_logging.ERROR)
 try:
     from .fitting.calibrate import calibrate, load_calibration, save_calibration
+    from .fitting.plan_fit import calibrate_plan, calibrate_plans
     from .method.config import PRESETS, DQARConfig
     from .method.controller import DQARController
     from .method.hooks import apply_dqar, dqar, get_controller, remove_dqar
@@ -29,5 +31,5 @@ finally:
 
 __all__ = ["DQARConfig", "PRESETS", "DQARController", "apply_dqar", "remove_dqar", "get_controller", "sample",
            "SampleResult", "default_guidance", "load_model", "tiny_dit", "tiny_pixart", "dqar", "calibrate",
-           "save_calibration", "load_calibration", "load_pipeline"]
+           "save_calibration", "load_calibration", "load_pipeline", "calibrate_plan", "calibrate_plans"]
 __version__ = "0.1.0"

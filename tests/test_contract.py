@@ -57,12 +57,12 @@ class Case:
 
 
 def _dqar_config(granularity: str, layout: str) -> DQARConfig:
-    share = granularity != "kv"  # CFG sharing shares an output; K/V reuse has none to share
+    share = granularity not in ("kv", "stack")  # CFG sharing shares a block's output; K/V and the stack have none
     return DQARConfig.preset("always", always_reuse=False, static_plan=PLAN, granularity=granularity,
                              cfg_layout=layout, cfg_share=share, cfg_share_start=0.0)
 
 
-DQAR_CASES = [Case(f"dqar-{g}-{lay}" + ("" if g == "kv" else "-share"), config=_dqar_config(g, lay))
+DQAR_CASES = [Case(f"dqar-{g}-{lay}" + ("" if g in ("kv", "stack") else "-share"), config=_dqar_config(g, lay))
               for g in GRANULARITIES for lay in CFG_LAYOUTS]
 CASES = DQAR_CASES + [
     *[Case(f"peer-{name}", factory, models=("dit",) if name == "magcache" else ("dit", "pixart"))

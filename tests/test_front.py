@@ -40,7 +40,10 @@ def test_entries_cover_every_family_and_resolve():
     e = front_entries()
     families = {f for f, _ in e.values()}
     assert {"fewer DDIM steps", "fewer DPM-Solver steps", "DQAR forecast", "SeaCache", "MagCache", "TaylorSeer",
-            "FirstBlockCache", "PAB", "cache-dit DBCache", "cache-dit DBCache+TaylorSeer"} <= families
+            "FirstBlockCache", "PAB", "cache-dit DBCache", "cache-dit DBCache+TaylorSeer",
+            "DQAR change gate"} <= families
+    plans = {0.5: DQARConfig.preset("forecast", forecast_order=1)}
+    assert front_entries(plans=plans)["DQAR plan 0.50"] == ("DQAR fitted plan", (plans[0.5], 50))
     for _, (method, steps, *_) in e.values():
         as_method(method)  # every entry is a runnable method (or None, full compute)
         assert steps > 0
@@ -50,7 +53,7 @@ def test_entries_cover_every_family_and_resolve():
 
 def test_forecast_preset_front_loads_its_computes():
     cfg = DQARConfig.preset("forecast")
-    assert (cfg.granularity, cfg.forecast_order, cfg.cache_mode) == ("block", 1, "delta")
+    assert (cfg.granularity, cfg.forecast_order, cfg.cache_mode) == ("stack", 1, "delta")
     res = sample(tiny_dit(), [1, 2], num_steps=30, seed=0, dqar=cfg, progress=False)
     rows = res.controller.trace()
     reuse = [any(r["reuse"] for r in rows if r["step"] == s) for s in range(30)]

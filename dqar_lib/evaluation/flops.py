@@ -95,7 +95,8 @@ def dqar_flops(model, batch: int, reuse_fraction: float | Sequence[float] = 0.0,
 
     `reuse_fraction` is one number for every block or one per block (the controller's per-layer reuse counts
     over its total). "attn" reuse skips a block's self-attention projections and core; "kv" skips only its K and
-    V projections; "block" skips the whole block (self-attention, cross-attention, MLP, adaLN).
+    V projections; "block" skips the whole block (self-attention, cross-attention, MLP, adaLN), and so does
+    "stack" for every block at once.
     `cfg_shared` is the fraction of (step, block) calls that computed self-attention on the
     conditional half of the batch only (CFG sharing), saving half of that attention.
     """
@@ -107,7 +108,8 @@ def dqar_flops(model, batch: int, reuse_fraction: float | Sequence[float] = 0.0,
     b = full["per_block"]
     attn = b["attn_qkv"] + b["attn_out"] + b["attn_core"]
     saved_per_reuse = {"attn": attn, "kv": b["attn_qkv"] * 2 / 3,  # K and V of Q, K, V
-                       "block": attn + b["cross_attn"] + b["mlp"] + b["adaln"]}[granularity]
+                       "block": attn + b["cross_attn"] + b["mlp"] + b["adaln"]}
+    saved_per_reuse = saved_per_reuse["block" if granularity == "stack" else granularity]  # "stack": every block
     r = _fractions(reuse_fraction, _sizes(model)["L"], "reuse_fraction")
     return full["total"] - sum(r) * saved_per_reuse - cfg_shared * len(r) * attn / 2
 

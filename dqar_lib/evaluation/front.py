@@ -105,11 +105,14 @@ def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor
 
 
 def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dpm=(10, 15, 20, 25),
-                  forecast_caps=((1, 2), (1, 3), (1, 4), (2, 4), (2, 5))) -> dict[str, tuple[str, tuple]]:
+                  forecast_caps=((1, 2), (1, 3), (1, 4), (2, 4), (2, 5)),
+                  plans: dict | None = None) -> dict[str, tuple[str, tuple]]:
     """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
     DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
-    the second), DQAR's gate preset and its order-0 static plan, each diffusers peer over its main knob, and
-    cache-dit's DBCache over its threshold, plain and with its TaylorSeer calibrator."""
+    the second), DQAR's change gate (the stack's input change since it last computed, under the same caps), DQAR's
+    gate preset and its order-0 static plan, each diffusers peer over its main knob, and
+    cache-dit's DBCache over its threshold, plain and with its TaylorSeer calibrator. `plans` (budget -> config,
+    from dqar_lib.fitting.plan_fit.calibrate_plans) adds DQAR's fitted plan over its budget."""
     from ..method.config import DQARConfig
     from .peers import get_peer
 
@@ -119,6 +122,10 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
     e |= {f"DPM-Solver-{k}": ("fewer DPM-Solver steps", (None, k, "dpm")) for k in fewer_dpm}
     e |= {f"DQAR forecast {a}->{b}": ("DQAR forecast", (fc.replace(max_reuse_streak=a, max_reuse_streak_end=b),
                                                          num_steps)) for a, b in forecast_caps}
+    e |= {f"DQAR plan {b:.2f}": ("DQAR fitted plan", (cfg, num_steps)) for b, cfg in (plans or {}).items()}
+    e |= {f"DQAR change {a}->{b}, delta={d}": ("DQAR change gate", (fc.replace(
+        use_change_gate=True, change_scope="stack", delta=d, max_reuse_streak=a, max_reuse_streak_end=b), num_steps))
+        for (a, b), d in (((1, 3), 0.05), ((1, 3), 0.1), ((2, 4), 0.1))}
     e |= {"DQAR gates (dqar preset)": ("DQAR gates", ("dqar", num_steps)),
           "DQAR static, order 0": ("DQAR static", (DQARConfig.preset("static", granularity="block"), num_steps)),
           "DQAR static, order 1": ("DQAR static", (DQARConfig.preset("static", granularity="block",
@@ -146,7 +153,8 @@ def forecast_variants(num_steps: int = 50, scheduler: str = "ddim") -> dict[str,
     from ..method.config import DQARConfig
 
     plans = {"alternate": DQARConfig.preset("static", granularity="block", cache_mode="fp32"),
-             "front-loaded": DQARConfig.preset("forecast", cache_mode="fp32")}
+             "front-loaded": DQARConfig.preset("forecast", cache_mode="fp32"),
+             "front-loaded, per block": DQARConfig.preset("forecast", cache_mode="fp32", granularity="block")}
     e = {"full": (None, num_steps, scheduler)}
     for plan, cfg in plans.items():
         e[f"{plan} | order 0 | fp32"] = (cfg.replace(forecast_order=0), num_steps, scheduler)

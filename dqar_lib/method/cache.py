@@ -147,12 +147,17 @@ class ReuseCache:
             return "nonfinite"
         return "ok"
 
-    def get(self, key: tuple, at: float | None = None) -> torch.Tensor:
-        """The dequantized entry, or (given `at`) its forecast at `at` from every compute kept; call `status` first."""
+    def get(self, key: tuple, at: float | None = None, weights: tuple[float, ...] | None = None) -> torch.Tensor:
+        """The dequantized entry, or (given `at`) its forecast at `at` from every compute kept; call `status` first.
+
+        `weights` (oldest first, fitted: dqar_lib.fitting.plan_fit) combine the last len(weights) computes instead
+        of Newton's polynomial, where that many are kept (else the forecast at `at`)."""
         hist = self._entries[key]
         if len(hist) == 1:
             return dequantize(hist[0].q)
         dtype, values = hist[0].q.dtype, _values(hist)
+        if weights is not None and len(values) >= len(weights):
+            return sum(w * v for w, v in zip(weights, values[len(values) - len(weights):])).to(dtype)
         if at is None:
             return values[-1].to(dtype)
         return extrapolate([(e.a, v) for e, v in zip(hist, values)], at).to(dtype)

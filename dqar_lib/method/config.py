@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .files import DEFAULT_CACHE_CALIBRATION, DEFAULT_POLICY
 
-GRANULARITIES = ("attn", "kv", "block")
+GRANULARITIES = ("attn", "kv", "block", "stack")
 CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb", "delta")
 CFG_LAYOUTS = ("cond_first", "cond_second")
 FORECAST_ORDERS = (0, 1, 2)
@@ -31,7 +31,10 @@ class DQARConfig:
     """"block" reuses the residual the whole transformer block added (attention + MLP) at an earlier step;
     "attn" reuses the self-attention output (skips the whole attention); "kv" reuses K/V only. Block is the
     default: attention is only part of a DiT block's FLOPs, so attention reuse saves only that part
-    (notebooks/06_schedule_ablations measures both)."""
+    (notebooks/06_schedule_ablations measures both); "stack" reuses the whole block stack at once (first layer's
+    decision for every layer): one cache entry, the residual from the first block's input to the last block's
+    output, and one forecast a step, where "block" serves one per layer (the same values under a shared plan,
+    since a forecast is linear in its computes, at 1/L of the work)."""
     warmup: float = 0.2
     """Fraction of the steps at the start that always recompute (the sample is still forming)."""
     use_entropy_gate: bool = True
@@ -83,10 +86,14 @@ class DQARConfig:
     """csb: take the per-tensor scale from each stored tensor (True) or the calibrated static scale (False)."""
     forecast_order: int = 0
     """How a reused tensor is served: 0 as it was stored; 1 or 2 extrapolated (dqar_lib.method.forecast) from that
-    layer's last 2 or 3 computes, each kept in `cache_mode` (fewer while fewer exist). "attn" and "block" only."""
+    layer's last 2 or 3 computes, each kept in `cache_mode` (fewer while fewer exist). Not for "kv"."""
     forecast_in: str = "step"
     """The forecast's abscissa: "step" (the step index) or "t" (the scheduler's timestep, which DPM-Solver spaces
     unevenly)."""
+    forecast_weights: tuple[tuple[float, ...] | None, ...] | None = None
+    """Per step, fitted weights (oldest first) of the layer's last computes that a reuse at that step is served as,
+    in place of the forecast (`dqar_lib.fitting.plan_fit` fits them with a static plan); None, or a None row:
+    the forecast of `forecast_order`."""
     cache_budget_bytes: int | None = None
     """Refuse to store past this many bytes (the layer then recomputes); None: no limit."""
     cfg_share: bool = False
@@ -158,10 +165,29 @@ class DQARConfig:
             bad("forecast_in", f"expected one of {FORECAST_ABSCISSAE}")
         if self.forecast_order and self.granularity == "kv":
             bad("forecast_order", "forecasting serves an output (granularity 'attn' or 'block'), not K/V")
+        if self.granularity == "stack" and self.use_schedule:
+            bad("use_schedule", "the layer schedule decides per layer, and granularity 'stack' reuses every layer at "
+                                "once (set use_schedule=False)")
+        if self.cfg_share and self.granularity == "stack":
+            bad("cfg_share", "CFG sharing runs each block on the conditional half; granularity 'stack' skips blocks "
+                             "whole (use 'attn' or 'block')")
         if self.cfg_share and self.granularity == "kv":
             bad("cfg_share", "CFG sharing shares an output (granularity 'attn' or 'block'), not K/V")
+        if self.forecast_weights is not None:
+            for k, row in enumerate(self.forecast_weights):
+                if row is not None and not (row and all(isinstance(w, (int, float)) and math.isfinite(w) for w in row)):
+                    raise ValueError(f"DQARConfig.forecast_weights[{k}]={row!r} is invalid: expected None or a "
+                                     "non-empty tuple of finite numbers")
+            if not self.forecast_order:
+                bad("forecast_weights", "fitted weights serve a forecast: set forecast_order >= 1")
         if self.use_policy and not self.policy_path:
             bad("policy_path", "use_policy=True needs a policy file")
+
+    @property
+    def history(self) -> int:
+        """How many computes each cache entry keeps: forecast_order + 1, or the longest fitted weight row."""
+        rows = [len(r) for r in self.forecast_weights or () if r is not None]
+        return max([self.forecast_order + 1] + rows)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DQARConfig":
@@ -189,6 +215,9 @@ class DQARConfig:
         fields = dict(fields)
         if fields.get("static_plan") is not None:
             fields["static_plan"] = tuple(tuple(bool(v) for v in row) for row in fields["static_plan"])
+        if fields.get("forecast_weights") is not None:
+            fields["forecast_weights"] = tuple(None if r is None else tuple(float(w) for w in r)
+                                               for r in fields["forecast_weights"])
         return cls(**fields)
 
 
@@ -248,13 +277,15 @@ PRESETS: dict[str, dict] = {
     "dqar": dict(),
     "dqar_csb": dict(cache_mode="csb", cache_calibration=str(DEFAULT_CACHE_CALIBRATION), granularity="attn"),
     # forecast reuse on a front-loaded plan (notebooks/09_forecast measures it against every peer and fewer steps):
-    # whole blocks reuse, their residual extrapolated linearly from the layer's last two computes (order 2 and the
+    # the whole stack reuses (every layer shares the plan, so one forecast of the stack's residual gives what one per
+    # block would, at 1/L of the work; 09's variants time both), its residual extrapolated
+    # linearly from the last two computes (order 2 and the
     # change gate measured worse there); no reuse in the first 20 % of steps nor the last two, and at most 1
     # consecutive reuse right after warmup, growing to 3 at the end (computes thin out as the sample settles). The
     # cache keeps each layer's older compute in fp16 and the newer as an INT8 delta ("delta": INT8 histories stored
     # whole cost more dB, measured in 09). The streak cap pair is the knob 09 sweeps for the curve.
     "forecast": dict(forecast_order=1, cache_mode="delta", max_reuse_streak=1, max_reuse_streak_end=3, end_computes=2,
-                     collect_stats=False, **_NO_GATES),
+                     collect_stats=False, granularity="stack", **_NO_GATES),
     # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
     # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),

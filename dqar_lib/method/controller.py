@@ -42,7 +42,7 @@ class DQARController:
         self.calibration = None
         if config.cache_mode == "csb":
             self.calibration, _ = load_csb_calibration(config.cache_calibration)
-            kinds = {"kv": ("k", "v"), "attn": ("out",), "block": ("res",)}[config.granularity]
+            kinds = {"kv": ("k", "v"), "attn": ("out",), "block": ("res",), "stack": ("stack",)}[config.granularity]
             missing = [(i, k) for i in range(self.num_layers) for k in kinds if (i, k) not in self.calibration]
             if missing:
                 raise ValueError(f"{config.cache_calibration} has no calibration for (layer, kind) {missing[:4]}"
@@ -75,6 +75,8 @@ class DQARController:
         self.step_change: float | None = None
         self.plan: list[tuple[bool, str]] = [(False, "missing")] * L
         self.keep = [True] * L  # whether layer i's output this step may be served later (else: not stored)
+        self.stack_input: torch.Tensor | None = None  # "stack": the first block's input on a step that computes
+        self.first: tuple[bool, str] = (False, "missing")  # what layer 0 did this step ("stack": every layer does)
         self.reused = [0] * L
         self.computed = [0] * L
         self.cfg_shared = 0
@@ -118,7 +120,7 @@ class DQARController:
         s_next = progress(t_next, self.num_train_timesteps) if t_next is not None else None
         ts = self._host_schedule()
         if self.config.forecast_order and ts:  # a forecast needs the computes before a reuse, not only the last
-            ahead = ts[self.step + 1:self.step + 2 + self.config.forecast_order]
+            ahead = ts[self.step + 1:self.step + 1 + self.config.history]
             s_ahead = [progress(t, self.num_train_timesteps) for t in ahead]
             self.keep = self.rule.keep_ahead(self.config, s_ahead, self.prompt_length, left)
         else:
@@ -188,6 +190,12 @@ class DQARController:
         self._record(i, reuse, reason)
         return reuse
 
+    def follow(self, i: int) -> bool:
+        """"stack" granularity: layer i > 0 does what layer 0 decided this step (its row records that)."""
+        reuse, reason = self.first
+        self._record(i, reuse, reason)
+        return reuse
+
     def _input_change(self, i: int, h: torch.Tensor) -> float | None:
         """||h - h_c||_1 / ||h_c||_1 against layer i's input at its last compute (None before one): one host read."""
         h_c = self.inputs[i]
@@ -207,7 +215,9 @@ class DQARController:
 
     def cached(self, i: int, kind: str) -> torch.Tensor:
         """Layer i's cached `kind`, forecast to this step when `forecast_order` > 0."""
-        return self.cache.get((i, kind), self._abscissa() if self.config.forecast_order else None)
+        w = self.config.forecast_weights
+        row = w[self.step] if w is not None and 0 <= self.step < len(w) else None
+        return self.cache.get((i, kind), self._abscissa() if self.config.forecast_order else None, row)
 
     def _abscissa(self) -> float:
         """Where this step lies for forecasting: its index, or its timestep (`forecast_in`)."""
@@ -226,10 +236,12 @@ class DQARController:
             mode = storage_mode(c.cache_mode, kind)
             calib = self.calibration[(i, kind)] if mode == "csb" else None
             self.cache.store((i, kind), x, mode, calib, c.cache_calib_dynamic, at=self._abscissa(),
-                             depth=c.forecast_order + 1)
+                             depth=c.history)
             self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes)
 
     def _record(self, i: int, reuse: bool, reason: str) -> None:
+        if i == 0:
+            self.first = reuse, reason
         self.rule.record(i, reuse)
         (self.reused if reuse else self.computed)[i] += 1
         self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, reuse, reason, self.change[i]))

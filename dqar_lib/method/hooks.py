@@ -92,6 +92,40 @@ def _attach_block(ctl: DQARController, layer: _Layer, block: torch.nn.Module, co
     _patch_forward(block, forward, layer)
 
 
+def _attach_stack(ctl: DQARController, layer: _Layer, block: torch.nn.Module, compile_fn) -> None:
+    """"stack" granularity: block 0 decides for the stack; a reuse serves its input + the residual the whole stack
+    added when it last computed (stored by the last block), and every later block passes its input through."""
+    i, last = layer.index, layer.index == ctl.num_layers - 1
+    params = inspect.signature(block.forward)
+    orig = compile_fn(block.forward)
+    io = Streams(block)  # joint blocks: image and text tokens as one (B, N + M, D) tensor (families)
+
+    def forward(*args, **kwargs):
+        arguments = params.bind(*args, **kwargs).arguments
+        text = arguments.get("encoder_hidden_states")
+        if i == 0:
+            hs = io.join(arguments["hidden_states"], text)  # (B, N, D), (B, N + M, D) for a joint block
+            if ctl.try_reuse(0, ("stack",), signature(hs), hs):
+                return io.split(hs + ctl.cached(0, "stack"))
+            ctl.computed_input(0, hs)
+            ctl.stack_input = hs
+        elif ctl.follow(i):
+            return io.split(io.join(arguments["hidden_states"], text))
+        layer.capture = ctl.wants_entropy()
+        try:
+            out = orig(*args, **kwargs)
+        finally:
+            layer.capture = False
+        if last:
+            h0, ctl.stack_input = ctl.stack_input, None
+            flat = io.join_output(out, text)
+            ctl.store(0, "stack", lambda: flat - h0)
+        _entropy(ctl, layer)
+        return out
+
+    _patch_forward(block, forward, layer)
+
+
 def _entropy(ctl: DQARController, layer: _Layer) -> None:
     """Hand the controller H_t from the Q and K this layer just projected, if it captured them."""
     if layer.q is not None and layer.k is not None:
@@ -131,11 +165,11 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
 
     if hasattr(m, "to_q") and hasattr(m, "to_k"):  # H_t from the Q/K these project (families: which tokens)
         layer.handles += [m.to_q.register_forward_hook(capture_q), m.to_k.register_forward_hook(capture_k)]
-    if cfg.granularity == "block":
+    if cfg.granularity in ("block", "stack"):
         if block is None:
-            raise ValueError(f"granularity='block' needs each self-attention inside a transformer block; "
+            raise ValueError(f"granularity={cfg.granularity!r} needs each self-attention inside a transformer block; "
                              f"layer {i} has no parent module")
-        _attach_block(ctl, layer, block, compile_fn)
+        (_attach_block if cfg.granularity == "block" else _attach_stack)(ctl, layer, block, compile_fn)
         return
 
     io = attention_streams(m)  # joint attention returns (image, text) outputs: one (B, N + M, D) tensor
