@@ -52,6 +52,7 @@ def test_family_contract(name):
     assert ("granularity='kv'" in row["note"]) is (name in NO_KV)
     assert ("H_t: not measured" in row["note"]) is (name in NO_QK)
     assert row["forecast"] == "on"
+    assert row["t_on_schedule"] is True  # progress, warmup and the schedule read the scheduler's t
     assert name in NO_QK or isinstance(row["H_t"], float) and 0 < row["H_t"] <= 1
     assert isinstance(row["SNR_t"], float) and row["SNR_t"] > 0
 

@@ -6,7 +6,8 @@
 For each family with a tiny config in `dqar_lib.models.tiny_families`, a few steps on its own scheduler check:
 it attaches; the "off" preset is bit-identical to the bare model; after removal the output is bit-identical to
 before; "always" reuses at every granularity that applies (and a refused one says why); a forecast
-(`forecast_order=1`) reuses; H_t and SNR_t are measured. A class with no tiny config says why. `text_stream` is
+(`forecast_order=1`) reuses; the t DQAR reads is the scheduler's, step by step, whatever transform of it the
+family takes (`t_on_schedule`); H_t and SNR_t are measured. A class with no tiny config says why. `text_stream` is
 "joint" for MMDiT blocks (image and text streams), "cross-attention", "in self-attention" (text tokens joined
 into the one sequence, or text K/V added inside the attention: Lumina2, PRX) or "none (class labels)".
 """
@@ -33,7 +34,7 @@ WHY_NOT = {
 }
 NOT_TRIED = "not tried in this session: no tiny config yet"
 COLUMNS = ("family", "attaches", "off_identical", "removal_identical", "always_reuse", "granularities", "forecast",
-           "text_stream", "H_t", "SNR_t", "note")
+           "text_stream", "t_on_schedule", "H_t", "SNR_t", "note")
 
 
 def image_transformer_classes() -> list[str]:
@@ -50,30 +51,41 @@ def image_transformer_classes() -> list[str]:
     return sorted(names)
 
 
-def _run(model, spec: FamilySpec, timesteps: list[float]) -> list[torch.Tensor]:
+def _run(model, spec: FamilySpec, scheduler) -> list[torch.Tensor]:
+    """Sample as the family's pipeline does: the model's output at each of the scheduler's steps, stepped on."""
+    scheduler.set_timesteps(len(scheduler.timesteps))  # a fresh run: the step index back to 0
+    x = spec.inputs(float(scheduler.timesteps[0]))["hidden_states"]
+    outs = []
     with torch.no_grad():
-        return [model(**spec.inputs(t)).sample for t in timesteps]
+        for t in scheduler.timesteps:
+            out = model(**dict(spec.inputs(float(t)), hidden_states=x)).sample
+            outs.append(out)
+            learned_sigma = out.ndim == 4 and out.shape[1] == 2 * x.shape[1]  # (eps, variance): step on eps
+            x = scheduler.step(out[:, :x.shape[1]] if learned_sigma else out, t, x).prev_sample
+    return outs
 
 
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def _reuse(model, spec, scheduler, timesteps, config: DQARConfig) -> tuple[float | None, dict, str]:
+def _reuse(model, spec, scheduler, config: DQARConfig) -> tuple[float | None, dict, str]:
     """(reuse fraction, the controller's trace summary, the refusal) of one attached run; None if refused."""
     try:
         ctl = apply_dqar(model, config, scheduler=scheduler)
     except ValueError as e:
         return None, {}, str(e)
     try:
-        outs = _run(model, spec, timesteps)
+        outs = _run(model, spec, scheduler)
     finally:
         remove_dqar(model)
     trace = ctl.trace()
     H = [r["H_t"] for r in trace if r["H_t"] is not None and math.isfinite(r["H_t"])]
     snr = [r["SNR_t"] for r in trace if r["SNR_t"] is not None and math.isfinite(r["SNR_t"])]
+    t_seen, ts = [r["t"] for r in trace if r["layer"] == 0], [float(t) for t in scheduler.timesteps]
+    on_schedule = len(t_seen) == len(ts) and all(abs(a - b) <= 1e-3 * max(1.0, b) for a, b in zip(t_seen, ts))
     finite = all(torch.isfinite(o).all() for o in outs)
-    return ctl.stats()["reuse_fraction"] if finite else 0.0, {"H_t": H, "SNR_t": snr}, ""
+    return ctl.stats()["reuse_fraction"] if finite else 0.0, {"H_t": H, "SNR_t": snr, "t": on_schedule}, ""
 
 
 def check_family(name: str, spec: FamilySpec, steps: int = 3) -> dict:
@@ -85,35 +97,35 @@ def check_family(name: str, spec: FamilySpec, steps: int = 3) -> dict:
         model = spec.make()
     scheduler = spec.scheduler()
     scheduler.set_timesteps(steps)
-    ts = [float(t) for t in scheduler.timesteps]
-    base = _run(model, spec, ts)
+    base = _run(model, spec, scheduler)
     try:
         apply_dqar(model, "off", scheduler=scheduler)
     except Exception as e:  # the table says why, in the family's own words
         row.update(attaches=False, note=f"{type(e).__name__}: {e}")
         return row
-    off = _run(model, spec, ts)
+    off = _run(model, spec, scheduler)
     remove_dqar(model)
     row.update(attaches=True, off_identical=_same(base, off))
     applied, refused, fractions, signals = [], [], {}, {}
     for g in GRANULARITIES:
-        frac, sig, why = _reuse(model, spec, scheduler, ts, DQARConfig.preset("always", granularity=g))
+        frac, sig, why = _reuse(model, spec, scheduler, DQARConfig.preset("always", granularity=g))
         if frac is None:
             refused.append(f"{g}: {why}")
             continue
         fractions[g], signals = frac, signals or sig
         if frac > 0:
             applied.append(g)
-    row["removal_identical"] = _same(base, _run(model, spec, ts))
+    row["removal_identical"] = _same(base, _run(model, spec, scheduler))
     row["always_reuse"] = round(fractions.get("block", 0.0), 3)
     row["granularities"] = ", ".join(applied)
-    frac, _, _ = _reuse(model, spec, scheduler, ts, DQARConfig.preset("always", granularity="block", forecast_order=1))
+    frac, _, _ = _reuse(model, spec, scheduler, DQARConfig.preset("always", granularity="block", forecast_order=1))
     row["forecast"] = "on" if frac else "off"
     points = attachment_points(model, per_block=True)
     joint = any(Streams(b).joint for _, _, b in points if b is not None)
     cross = any(getattr(m, "is_cross_attention", False) for m in model.modules())
     row["text_stream"] = ("joint" if joint else "cross-attention" if cross else
                           "in self-attention" if spec.text else "none (class labels)")
+    row["t_on_schedule"] = bool(signals.get("t"))
     row["H_t"] = round(sum(signals["H_t"]) / len(signals["H_t"]), 3) if signals.get("H_t") else "none"
     row["SNR_t"] = round(max(signals["SNR_t"]), 3) if signals.get("SNR_t") else "none"
     if not signals.get("H_t"):

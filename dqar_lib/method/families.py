@@ -210,8 +210,15 @@ _SCALED_T = re.compile(r"\btimestep\s*=\s*timestep\b[^\n]*\*\s*1000\b")
 
 
 def timestep_scale(transformer: torch.nn.Module) -> float:
-    """1000 for a family whose forward takes t / 1000 and scales it back (Flux, Chroma: the pipelines pass
-    sigma), else 1: DQAR reads progress off t on the scheduler's 0..1000 scale."""
+    """1000 for a family that takes t / 1000 (its pipelines pass sigma) and scales it back: in its forward (Flux,
+    Chroma), in its `Timesteps` embedding (`scale=1000`: QwenImage, AuraFlow) or by its config's `time_factor`
+    (PRX); else 1. DQAR reads progress off t on the scheduler's 0..1000 scale."""
+    from diffusers.models.embeddings import Timesteps
+
+    if getattr(getattr(transformer, "config", None), "time_factor", 1) == 1000:
+        return 1000.0
+    if any(isinstance(m, Timesteps) and getattr(m, "scale", 1) == 1000 for m in transformer.modules()):
+        return 1000.0
     try:
         src = inspect.getsource(type(transformer).forward)
     except (OSError, TypeError):

@@ -6,8 +6,8 @@
     out = model(**spec.inputs(float(scheduler.timesteps[0]))).sample
 
 `inputs(t)` takes t on the scheduler's 0..1000 scale and passes it as the family's pipeline does (Flux-style
-families get t / 1000). The latents and text embeddings are the same at every step (fixed seed), as a sampler
-that holds its input still would see them; that is enough to check attachment, identity and reuse.
+families get t / 1000, Lumina's the rising 1 - t / 1000). The text embeddings and the first latents come
+from a fixed seed.
 """
 
 from __future__ import annotations
@@ -311,12 +311,12 @@ FAMILIES: dict[str, FamilySpec] = {
     "CogView3PlusTransformer2DModel": FamilySpec(_cogview("CogView3PlusTransformer2DModel"), _cog_inputs, _ddim),
     "CogView4Transformer2DModel": FamilySpec(_cogview("CogView4Transformer2DModel"), _cog_inputs, _flow),
     "Lumina2Transformer2DModel": FamilySpec(
-        _lumina2, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t / 1000),
+        _lumina2, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(1 - t / 1000),  # rising, as its pipeline
                                  encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
                                  encoder_attention_mask=torch.ones(B, TEXT_TOKENS, dtype=torch.bool)),
         _flow),
     "LuminaNextDiT2DModel": FamilySpec(
-        _lumina_next, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t / 1000),
+        _lumina_next, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(1 - t / 1000),
                                      encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
                                      encoder_mask=torch.ones(B, TEXT_TOKENS, dtype=torch.bool),
                                      image_rotary_emb=_lumina_rope(), cross_attention_kwargs={}),
@@ -328,7 +328,7 @@ FAMILIES: dict[str, FamilySpec] = {
         _flow),
     "BriaTransformer2DModel": FamilySpec(
         _bria, lambda t: dict(hidden_states=_randn(B, 16, 4), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
-                              timestep=_t(t / 1000), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3)),
+                              timestep=_t(t), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3)),
         _flow),
     "HiDreamImageTransformer2DModel": FamilySpec(
         _hidream, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timesteps=_t(t),
