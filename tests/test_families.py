@@ -292,6 +292,14 @@ def test_dqar_on_a_pipeline(name):
     assert torch.equal(call(), base)
 
 
+def test_pipeline_cli_conditioning_refuses_a_joint_pipeline_and_says_what_works():
+    from dqar_lib.models.pipelines import conditions_for
+
+    pipe, _ = tiny_pipeline("FluxPipeline")
+    with pytest.raises(ValueError, match=r"FluxPipeline's FluxTransformer2DModel is neither .* dqar_lib\.dqar\(pipe\)"):
+        conditions_for(pipe, 2, prompts=["a red fox"])
+
+
 def test_cfg_layout_read_off_the_pipeline():
     import diffusers
 

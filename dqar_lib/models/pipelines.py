@@ -124,11 +124,13 @@ def conditions_for(pipe, n: int, class_ids: list[int] | None = None, prompts: li
         if not prompts:
             raise ValueError(f"{type(pipe).__name__} is text-conditioned and no prompts were given")
         return text_conditions(pipe, [prompts[i % len(prompts)] for i in range(n)])
-    if prompts:
-        raise ValueError(f"{type(pipe).__name__} is class-conditional: pass class ids, not prompts")
     if getattr(pipe.transformer.config, "num_embeds_ada_norm", None) is None:
         raise ValueError(f"{type(pipe).__name__}'s {type(pipe.transformer).__name__} is neither class-conditional "
-                         "(DiT-style) nor text-conditioned with caption embeddings (PixArt-style)")
+                         "(DiT-style) nor text-conditioned with caption embeddings (PixArt-style), the two that "
+                         "dqar_lib's own sampling loop (and so the benchmark CLI) conditions; DQAR itself attaches to "
+                         "it: `with dqar_lib.dqar(pipe): pipe(...)` (notebooks/10_portability)")
+    if prompts:
+        raise ValueError(f"{type(pipe).__name__} is class-conditional: pass class ids, not prompts")
     return class_conditions(pipe, n, class_ids)
 
 
