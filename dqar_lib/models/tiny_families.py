@@ -180,7 +180,7 @@ def _bria():
 
     return _seeded(BriaTransformer2DModel, patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
                    attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
-                   pooled_projection_dim=None, axes_dims_rope=(0, 4, 4))()
+                   pooled_projection_dim=None, axes_dims_rope=(2, 2, 4))()
 
 
 def _hidream():
