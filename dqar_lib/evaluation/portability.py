@@ -82,7 +82,8 @@ def _reuse(model, spec, scheduler, config: DQARConfig) -> tuple[float | None, di
     trace = ctl.trace()
     H = [r["H_t"] for r in trace if r["H_t"] is not None and math.isfinite(r["H_t"])]
     snr = [r["SNR_t"] for r in trace if r["SNR_t"] is not None and math.isfinite(r["SNR_t"])]
-    t_seen, ts = [r["t"] for r in trace if r["layer"] == 0], [float(t) for t in scheduler.timesteps]
+    first = trace[0]["layer"] if trace else 0  # the first layer that ran (Flux3's image_cond blocks need a cond)
+    t_seen, ts = [r["t"] for r in trace if r["layer"] == first], [float(t) for t in scheduler.timesteps]
     on_schedule = len(t_seen) == len(ts) and all(abs(a - b) <= 1e-3 * max(1.0, b) for a, b in zip(t_seen, ts))
     finite = all(torch.isfinite(o).all() for o in outs)
     return ctl.stats()["reuse_fraction"] if finite else 0.0, {"H_t": H, "SNR_t": snr, "t": on_schedule}, ""

@@ -206,7 +206,7 @@ def cfg_layout(pipe) -> str | None:
     return "cond_first" if _COND_FIRST.search(src) else None
 
 
-_SCALED_T = re.compile(r"\btimestep\s*=\s*timestep\b[^\n]*\*\s*1000\b")
+_SCALED_T = re.compile(r"\btimestep\b[^\n]*\*\s*1000\b")  # timestep = timestep * 1000, time_proj(timestep * 1000)
 
 
 def timestep_scale(transformer: torch.nn.Module) -> float:

@@ -175,12 +175,28 @@ def _flux2():
                    timestep_guidance_channels=256, axes_dims_rope=(4, 4, 4, 4))()
 
 
+def _flux3():
+    from diffusers import Flux3Transformer2DModel
+
+    return _seeded(Flux3Transformer2DModel, in_channels=4, cond_in_channels=4, num_layers=1, num_single_layers=1,
+                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
+                   axes_dims_rope=(4, 4, 4, 4))()
+
+
 def _bria():
     from diffusers import BriaTransformer2DModel
 
     return _seeded(BriaTransformer2DModel, patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
                    attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
                    pooled_projection_dim=None, axes_dims_rope=(2, 2, 4))()
+
+
+def _bria_fibo():
+    from diffusers import BriaFiboTransformer2DModel
+
+    return _seeded(BriaFiboTransformer2DModel, patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                   attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM, axes_dims_rope=(2, 2, 4),
+                   text_encoder_dim=TEXT_DIM)()
 
 
 def _hidream():
@@ -326,9 +342,19 @@ FAMILIES: dict[str, FamilySpec] = {
                                timestep=_t(t / 1000), guidance=_t(1.0), img_ids=_ids(1, 4, 4, 1).expand(B, -1, -1),
                                txt_ids=_ids(1, 1, 1, TEXT_TOKENS).expand(B, -1, -1)),
         _flow),
+    "Flux3Transformer2DModel": FamilySpec(
+        _flux3, lambda t: dict(hidden_states=_randn(B, 16, 4), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                               timestep=_t(t / 1000), img_ids=_ids(1, 4, 4, 1), txt_ids=_ids(1, 1, 1, TEXT_TOKENS)),
+        _flow),
     "BriaTransformer2DModel": FamilySpec(
         _bria, lambda t: dict(hidden_states=_randn(B, 16, 4), encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
                               timestep=_t(t), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3)),
+        _flow),
+    "BriaFiboTransformer2DModel": FamilySpec(
+        _bria_fibo, lambda t: dict(hidden_states=_randn(B, 16, 4),
+                                   encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                                   text_encoder_layers=[_randn(B, TEXT_TOKENS, TEXT_DIM)] * 2, timestep=_t(t),
+                                   img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3)),
         _flow),
     "HiDreamImageTransformer2DModel": FamilySpec(
         _hidream, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timesteps=_t(t),
