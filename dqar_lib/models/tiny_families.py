@@ -199,6 +199,14 @@ def _bria_fibo():
                    text_encoder_dim=TEXT_DIM)()
 
 
+def _hunyuan_image():
+    from diffusers import HunyuanImageTransformer2DModel
+
+    return _seeded(HunyuanImageTransformer2DModel, in_channels=4, out_channels=4, num_attention_heads=2,
+                   attention_head_dim=8, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1),
+                   text_embed_dim=TEXT_DIM, rope_axes_dim=(4, 4))()
+
+
 def _hidream():
     from diffusers import HiDreamImageTransformer2DModel
 
@@ -355,6 +363,11 @@ FAMILIES: dict[str, FamilySpec] = {
                                    encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
                                    text_encoder_layers=[_randn(B, TEXT_TOKENS, TEXT_DIM)] * 2, timestep=_t(t),
                                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(TEXT_TOKENS, 3)),
+        _flow),
+    "HunyuanImageTransformer2DModel": FamilySpec(
+        _hunyuan_image, lambda t: dict(hidden_states=_randn(B, 4, 4, 4), timestep=_t(t),
+                                       encoder_hidden_states=_randn(B, TEXT_TOKENS, TEXT_DIM),
+                                       encoder_attention_mask=torch.ones(B, TEXT_TOKENS, dtype=torch.bool)),
         _flow),
     "HiDreamImageTransformer2DModel": FamilySpec(
         _hidream, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timesteps=_t(t),
