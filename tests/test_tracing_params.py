@@ -47,12 +47,14 @@ def test_gate_thresholds_are_quantiles():
     (dict(cheap_quantile=0), "cheap_quantile=0 is invalid"),
     (dict(n_tau=1), "n_tau=1 is invalid"),
     (dict(n_snr=2.5), "n_snr=2.5 is invalid"),
+    (dict(budgets=[0.5, 1.0]), "budgets=\\[0.5, 1.0\\] is invalid"),
+    (dict(budgets=()), "budgets=\\(\\) is invalid"),
 ])
 def test_notebook_parameters_are_checked(params, message):
     with pytest.raises(ValueError, match=message):
         check_parameters(**params)
     check_parameters(profile="smoke", steps=3, seed=0, seeds=[0, 1], scheduler="dpm", tau=0.5, guidance_scale=1.0,
-                     alpha=0.0, target_reuse=0.3, cheap_quantile=0.5, n_tau=2, n_snr=12)
+                     alpha=0.0, target_reuse=0.3, cheap_quantile=0.5, n_tau=2, n_snr=12, budgets=(0.0, 0.5))
 
 
 def test_record_traces_resumes_after_an_interruption(tmp_path, monkeypatch):
