@@ -130,6 +130,24 @@ def test_block_reuse_serves_the_text_stream_residual(name):
     torch.testing.assert_close(hs_out1 - hs1, hs_out0 - hs0)
 
 
+@pytest.mark.skipif("stack" not in GRANULARITIES, reason="no 'stack' granularity in this checkout")
+def test_stack_reuse_serves_both_streams_of_the_whole_stack():
+    """"stack" on Flux (dual- then single-stream blocks): a reused step's last block returns the first block's input
+    streams advanced by the whole stack's residual of its last compute, text and image alike."""
+    spec, sched, ts = _steps("FluxTransformer2DModel")
+    model = spec.make()
+    first, last = _Record(model.transformer_blocks[0]), _Record(model.single_transformer_blocks[-1])
+    ctl = apply_dqar(model, DQARConfig.preset("always", granularity="stack"), scheduler=sched)
+    _run(model, spec, ts[:2])
+    remove_dqar(model)
+    assert [r["reuse"] for r in ctl.trace() if r["layer"] == 0] == [False, True]
+    (hs0, txt0, _), (hs1, txt1, _) = first.calls
+    (_, _, (txt_out0, hs_out0)), (_, _, (txt_out1, hs_out1)) = last.calls
+    torch.testing.assert_close(hs_out1 - hs1, hs_out0 - hs0)
+    torch.testing.assert_close(txt_out1 - txt1, txt_out0 - txt0)
+    assert not torch.equal(txt_out0, txt0)
+
+
 def test_block_reuse_keeps_a_text_free_block_text_free():
     """SD3's last block returns no text stream (context_pre_only); served from the cache it returns none either."""
     spec, sched, ts = _steps("SD3Transformer2DModel")
