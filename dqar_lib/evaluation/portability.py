@@ -26,7 +26,6 @@ from ..models.tiny_families import FAMILIES, FamilySpec
 
 # Image-transformer classes without a tiny config here, and why (others: not tried in this session).
 WHY_NOT = {
-    "DualTransformer2DModel": "not a denoiser of its own: it mixes two Transformer2DModel outputs inside a UNet",
     "DreamLiteTransformer2DModel": "not a denoiser of its own: the spatial transformer inside the DreamLite U-Net "
                                    "(DQAR attaches to a pipeline's transformer, not to a U-Net's blocks)",
     "ErnieImageTransformer2DModel": "its blocks take the tokens sequence-first as x, (N, B, D), where DQAR's "
