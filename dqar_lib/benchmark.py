@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dqar_lib.benchmark", description=__doc__.splitlines()[0])
     a = p.add_argument
     a("--model", required=True, help="a hub id (org/name) or a local diffusers pipeline folder")
-    a("--preset", default="dqar", help=f"DQAR preset: {', '.join(PRESETS)}")
+    a("--preset", default=None, help=f"DQAR preset: {', '.join(PRESETS)} (default dqar; gates with --calibrate or "
+      "--sweep, which fit and scan the gates)")
     a("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
       help="override a DQARConfig field (repeatable), e.g. --set tau=0.9 --set snr_lo=0.1")
     a("--calibration", type=Path, help="a dqar_calibration.json (or its folder) to use instead of the preset")
@@ -94,9 +95,10 @@ def base_config(a) -> tuple[str, DQARConfig]:
     """(name, config): a saved calibration, or the preset with the --set overrides (validated by DQARConfig)."""
     if a.calibration is not None:
         return "dqar (calibrated)", load_calibration(a.calibration).replace(**parse_overrides(a.overrides))
-    name = "dqar" if a.preset == "dqar" else f"dqar ({a.preset})"
+    preset = a.preset or ("gates" if a.calibrate or a.sweep else "dqar")
+    name = "dqar" if preset == "dqar" else f"dqar ({preset})"
     return name + (" + " + ", ".join(a.overrides) if a.overrides else ""), \
-        DQARConfig.preset(a.preset, **parse_overrides(a.overrides))
+        DQARConfig.preset(preset, **parse_overrides(a.overrides))
 
 
 def prompts_of(a) -> list[str] | None:

@@ -160,7 +160,7 @@ def test_bench_runs_dqar_exactly_as_sample_does(dit):
     from dqar_lib import sample
 
     configs = {"full": None, "always": "always",
-               "dqar": DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.0, cfg_share=True)}
+               "dqar": DQARConfig.preset("gates", tau=1.0, snr_lo=0.0, warmup=0.0, cfg_share=True)}
     rows = bench_sampling(dit, [0, 1], configs, num_steps=5, seed=2, repeats=1, warmup=0, progress=False)
     full = sample(dit, [0, 1], num_steps=5, seed=2, progress=False).latents.float()
     default = dataclasses.asdict(DQARConfig())
@@ -198,7 +198,7 @@ def test_bench_compiled_dqar_uses_regional_compile():
     torch._dynamo.reset()
     counters.clear()
     model = tiny_dit()
-    cfg = DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.0)
+    cfg = DQARConfig.preset("gates", tau=1.0, snr_lo=0.0, warmup=0.0)
     rows = bench_sampling(model, [0, 1], {"full": None, "dqar": cfg}, num_steps=6, repeats=2, warmup=1,
                           compile=True, compile_options=dict(backend="eager"), progress=False)
     graphs = counters["stats"]["unique_graphs"]
@@ -222,7 +222,7 @@ def test_gpu_bench_cli_runs_on_cpu(tmp_path):
           "--device", "cpu"])
     eager, compiled = read_result(tmp_path / "tiny-eager.json"), read_result(tmp_path / "tiny-compiled.json")
     names = [r["method"] for r in eager["result"]["rows"]]
-    assert names[0] == "full" and "dqar, attn" in names and "diffusers pab" in names and "torchao int8_dynamic" in names
+    assert names[0] == "full" and "gates, attn" in names and "diffusers pab" in names and "torchao int8_dynamic" in names
     assert all(r["compiled"] for r in compiled["result"]["rows"])
     assert eager["manifest"]["params"]["weights"].startswith("random")
     assert eager["result"]["rows"][1]["latent_rel_l2"] > 0 == eager["result"]["rows"][0]["latent_rel_l2"]
@@ -240,8 +240,8 @@ def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
     res = read_result(tmp_path / "tiny-pixart-eager.json")
     rows = {r["method"]: r for r in res["result"]["rows"]}
     assert rows["full"]["psnr"] is None and rows["full"]["latent_rel_l2"] == 0  # latents only: no VAE
-    assert rows["dqar"]["reuse_fraction"] > 0 and rows["dqar"]["latent_rel_l2"] > 0
-    assert rows["dqar"]["flops_ratio"] > 1 and rows["full"]["attention_ceiling"] > 1  # FLOPs count the captions
+    assert rows["gates"]["reuse_fraction"] > 0 and rows["gates"]["latent_rel_l2"] > 0
+    assert rows["gates"]["flops_ratio"] > 1 and rows["full"]["attention_ceiling"] > 1  # FLOPs count the captions
     assert (tmp_path / "tiny-pixart-compiled.json").is_file()
 
 

@@ -60,11 +60,12 @@ def test_pixart_prompts_from_each_file_format(folders, tmp_path, fmt):
 
 
 def test_dit_class_ids_default_to_id2label_and_overrides_reach_the_config(folders, tmp_path):
-    res = _run(["--model", folders / "dit", "--num-prompts", "3", "--set", "tau=1.0", "--set", "snr_lo=0",
+    res = _run(["--model", folders / "dit", "--num-prompts", "3", "--preset", "gates", "--set", "tau=1.0", "--set",
+                "snr_lo=0",
                 "--peers", "pab", "--output-dir", tmp_path, *FAST])
     r = res["result"]
     assert r["conditions"] == ["airplane", "automobile", "bird"]
-    assert [row["method"] for row in r["rows"]] == ["full", "dqar + tau=1.0, snr_lo=0", "diffusers pab"]
+    assert [row["method"] for row in r["rows"]] == ["full", "dqar (gates) + tau=1.0, snr_lo=0", "diffusers pab"]
     dqar_row = r["rows"][1]
     assert dqar_row["config"] == {"tau": 1.0, "snr_lo": 0.0}
     assert dqar_row["reuse_fraction"] > 0 and dqar_row["psnr"] < float("inf")  # tau=1 lets blocks reuse

@@ -7,11 +7,20 @@ from dqar_lib import PRESETS, DQARConfig
 
 
 def test_presets_exist_and_validate():
-    for name in ("off", "always", "static", "entropy", "snr", "dqar"):
+    for name in ("off", "always", "static", "entropy", "snr", "gates", "forecast", "dqar"):
         assert name in PRESETS
         DQARConfig.preset(name)
     assert DQARConfig.preset("off").enabled is False
-    assert DQARConfig.preset("dqar") == DQARConfig()
+    assert DQARConfig.preset("gates") == DQARConfig()  # the field defaults are the gate preset
+
+
+def test_the_dqar_preset_is_a_forecast_of_the_whole_stack():
+    """"dqar", what apply_dqar(model) runs, is the forecast family's point notebooks/09 measures best (it asserts
+    that the two agree); here: it forecasts, reuses the stack, and runs no gate."""
+    d = DQARConfig.preset("dqar")
+    assert d.forecast_order == 1 and d.granularity == "stack" and d.cache_mode == "delta"
+    assert not (d.use_entropy_gate or d.use_snr_gate or d.use_schedule or d.use_policy)
+    assert d.replace(max_reuse_streak=1, max_reuse_streak_end=3) == DQARConfig.preset("forecast")
 
 
 def test_unknown_preset_names_it_and_lists_known():
@@ -20,7 +29,7 @@ def test_unknown_preset_names_it_and_lists_known():
 
 
 def test_preset_overrides():
-    assert DQARConfig.preset("dqar", tau=0.5).tau == 0.5
+    assert DQARConfig.preset("gates", tau=0.5).tau == 0.5
 
 
 @pytest.mark.parametrize("field,value", [
@@ -49,7 +58,7 @@ def test_policy_needs_a_file():
 
 
 def test_presets_are_pure_and_the_default_cache_mode_is_pinned(monkeypatch):
-    """A preset reads no file (a notebook run cannot change the library's default), and "dqar" caches in
+    """A preset reads no file (a notebook run cannot change the library's default), and "gates" caches in
     int8_channel, the mode notebooks/04_quantization measures as recommended (it asserts the two agree)."""
     import builtins
 
@@ -60,6 +69,6 @@ def test_presets_are_pure_and_the_default_cache_mode_is_pinned(monkeypatch):
     monkeypatch.setattr("pathlib.Path.is_file", lambda self: (_ for _ in ()).throw(AssertionError(str(self))))
     for name in PRESETS:
         assert DQARConfig.preset(name) == DQARConfig.preset(name)
-    assert DQARConfig.preset("dqar").cache_mode == "int8_channel"
-    assert DQARConfig.preset("dqar") == DQARConfig()
+    assert DQARConfig.preset("gates").cache_mode == "int8_channel"
+    assert DQARConfig.preset("gates") == DQARConfig()
     assert DQARConfig.preset("dqar_csb").cache_mode == "csb"

@@ -302,7 +302,7 @@ def test_as_method_turns_names_configs_and_methods_into_methods():
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
-@pytest.mark.parametrize("config", ["dqar", "always", DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.0,
+@pytest.mark.parametrize("config", ["dqar", "always", DQARConfig.preset("gates", tau=1.0, snr_lo=0.0, warmup=0.0,
                                                                             granularity="attn", cfg_share=True)])
 def test_run_method_runs_dqar_exactly_as_sample_does(config, scheduler):
     model = tiny_dit()

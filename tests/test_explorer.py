@@ -16,7 +16,7 @@ def model():
 
 def test_replay_reproduces_the_controllers_decisions(model):
     # a live run with gates that reuse some (step, layer) pairs and not others
-    cfg = DQARConfig.preset("dqar", tau=0.999, snr_lo=0.0, cache_mode="fp32", warmup=0.2, schedule_depth_start=0.3)
+    cfg = DQARConfig.preset("gates", tau=0.999, snr_lo=0.0, cache_mode="fp32", warmup=0.2, schedule_depth_start=0.3)
     res = sample(model, [1, 2], num_steps=12, dqar=cfg, progress=False)
     trace = res.controller.trace()
     live = trace_matrix(trace, "reuse").astype(bool)  # (S, L)
@@ -28,7 +28,7 @@ def test_replay_reproduces_the_controllers_decisions(model):
 def test_replay_rejects_mixed_runs(model):
     rows = [dict(r, seed=s) for s in (0, 1) for r in record_trace(model, [1], num_steps=4, seed=s)]
     with pytest.raises(ValueError, match="one run"):
-        replay(rows, DQARConfig.preset("dqar"))
+        replay(rows, DQARConfig.preset("gates"))
     assert len(runs(rows)) == 2
 
 
@@ -40,9 +40,9 @@ def test_drift_cost_accumulates_over_a_streak():
 
 def test_summary_and_widget(model):
     rows = record_trace(model, [1, 2], num_steps=8, seed=0)
-    loose, tight = (summarize(rows, DQARConfig.preset("dqar", tau=tau, snr_lo=0.0)) for tau in (1.0, 0.0))
+    loose, tight = (summarize(rows, DQARConfig.preset("gates", tau=tau, snr_lo=0.0)) for tau in (1.0, 0.0))
     assert loose["reuse_fraction"] > tight["reuse_fraction"] == 0.0
-    base = DQARConfig.preset("dqar", snr_lo=0.0)
+    base = DQARConfig.preset("gates", snr_lo=0.0)
     summaries = grid_summaries(rows, base, taus=[0.0, 1.0], snr_los=[0.0], depths=[0.5, 1.0])
     assert summaries[(1.0, 0.0, 1.0)] == summarize(rows, base.replace(tau=1.0, schedule_depth_start=1.0))
     box = explorer_widget(rows, base, summaries, quant_errors={"fp16": 0.0, "int8_channel": 0.01})
@@ -55,7 +55,7 @@ def test_calibrate_gates_meets_a_reuse_budget(model):
     from dqar_lib.fitting.replay import fit_gate_thresholds
 
     rows = [r for s in (0, 1) for r in record_trace(model, [1, 2], num_steps=10, seed=s)]
-    base = DQARConfig.preset("dqar", use_schedule=False)
+    base = DQARConfig.preset("gates", use_schedule=False)
     top = summarize(rows, base.replace(tau=1.0, snr_lo=0.0))["reuse_fraction"]
     g = fit_gate_thresholds(rows, base, target_reuse=top / 2, snr_quantile=0.0)
     assert 0.0 < g["reuse_fraction"] <= top / 2

@@ -13,7 +13,6 @@ from diffusers.models.attention import AttentionModuleMixin
 import dqar_lib as dq
 from dqar_lib import DQARConfig, apply_dqar, remove_dqar
 from dqar_lib.evaluation.portability import check_family, image_transformer_classes, portability_rows
-from dqar_lib.method.config import GRANULARITIES
 from dqar_lib.method.families import Streams, cfg_layout, self_attention_modules, timestep_scale
 from dqar_lib.method.prediction import clean_estimate, prediction_type, step_sigma, step_x0
 from dqar_lib.method.stats import latent_snr
@@ -130,7 +129,6 @@ def test_block_reuse_serves_the_text_stream_residual(name):
     torch.testing.assert_close(hs_out1 - hs1, hs_out0 - hs0)
 
 
-@pytest.mark.skipif("stack" not in GRANULARITIES, reason="no 'stack' granularity in this checkout")
 def test_stack_reuse_serves_both_streams_of_the_whole_stack():
     """"stack" on Flux (dual- then single-stream blocks): a reused step's last block returns the first block's input
     streams advanced by the whole stack's residual of its last compute, text and image alike."""
@@ -214,11 +212,14 @@ def test_granularity_refused_in_one_sentence_naming_the_family():
         apply_dqar(TinyFused(), DQARConfig.preset("always", granularity="kv"))
 
 
-@pytest.mark.skipif("stack" not in GRANULARITIES, reason="no 'stack' granularity in this checkout")
 def test_stack_refused_across_stacks_of_different_sequences():
     model = FAMILIES["Lumina2Transformer2DModel"].make()
     with pytest.raises(ValueError, match=r"Lumina2Transformer2DModel's blocks lie in 3 stacks"):
         apply_dqar(model, DQARConfig.preset("always", granularity="stack"))
+    with pytest.raises(ValueError, match=r"3 stacks .*; granularity='block' forecasts each block on the same plan"):
+        apply_dqar(model)  # the default preset reuses the stack: the refusal names the way out
+    ctl = apply_dqar(model, DQARConfig.preset("dqar", granularity="block"))
+    assert ctl.config.forecast_order == 1
 
 
 # ---- signals ------------------------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_flow_model_snr_and_timestep_on_the_schedulers_scale():
     spec, sched, ts = _steps("FluxTransformer2DModel", n=4)
     model = spec.make()
     assert timestep_scale(model) == 1000 and timestep_scale(FAMILIES["DiTTransformer2DModel"].make()) == 1
-    ctl = apply_dqar(model, "dqar", scheduler=sched)
+    ctl = apply_dqar(model, "gates", scheduler=sched)
     with torch.no_grad():
         for t in ts[:2]:  # the second step, at sigma = sigmas[1] < 1
             inputs = spec.inputs(t)

@@ -32,7 +32,7 @@ def test_only_self_attention_is_wrapped(pixart):
 
 def test_trace_has_one_row_per_step_and_layer(model_and_inputs):
     model, inputs = model_and_inputs
-    ctl = apply_dqar(model, "dqar")
+    ctl = apply_dqar(model, "gates")
     run_steps(model, inputs)
     rows = ctl.trace()
     L = len(self_attention_modules(model))
@@ -62,11 +62,11 @@ def test_compile_restores_dynamos_hook_guard_flag(dit, before):
     saved = flags.skip_nnmodule_hook_guards
     try:
         flags.skip_nnmodule_hook_guards = before
-        apply_dqar(dit, "dqar", compile=True, compile_options={"backend": "eager"})
+        apply_dqar(dit, "gates", compile=True, compile_options={"backend": "eager"})
         assert flags.skip_nnmodule_hook_guards is False
         remove_dqar(dit)
         assert flags.skip_nnmodule_hook_guards is before
-        apply_dqar(dit, "dqar")  # without compile the flag is left alone
+        apply_dqar(dit, "gates")  # without compile the flag is left alone
         flags.skip_nnmodule_hook_guards = before
         remove_dqar(dit)
         assert flags.skip_nnmodule_hook_guards is before
@@ -166,12 +166,12 @@ def test_prompt_length_sets_tau(pixart):
     assert ctl.prompt_length == 5  # tokens of encoder_hidden_states
     remove_dqar(pixart)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
-    ctl = apply_dqar(pixart, "dqar")
+    ctl = apply_dqar(pixart, "gates")
     with torch.no_grad():
         pixart(**pixart_inputs(), encoder_attention_mask=mask)
     assert ctl.prompt_length == 3
     remove_dqar(pixart)
-    assert apply_dqar(pixart, "dqar", prompt_length=120).prompt_length == 120
+    assert apply_dqar(pixart, "gates", prompt_length=120).prompt_length == 120
 
 
 def test_diffusers_pipeline_runs_unchanged():
@@ -244,7 +244,7 @@ def test_compiled_compute_paths_do_not_recompile_per_step(dit, granularity):
 
     torch._dynamo.reset()
     counters.clear()
-    cfg = DQARConfig.preset("dqar", granularity=granularity, tau=1.0, snr_lo=0.0, warmup=0.0)
+    cfg = DQARConfig.preset("gates", granularity=granularity, tau=1.0, snr_lo=0.0, warmup=0.0)
     ctl = apply_dqar(dit, cfg, compile=True, compile_options={"backend": "eager"})
     run_steps(dit, dit_inputs, timesteps=range(900, 0, -100))
     graphs = counters["stats"]["unique_graphs"]
@@ -259,7 +259,7 @@ def test_outputs_no_later_step_can_reuse_are_not_stored(dit):
 
     sched = make_scheduler("ddim")
     sched.set_timesteps(10)
-    cfg = DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0, warmup=0.5, schedule_depth_start=0.34)
+    cfg = DQARConfig.preset("gates", tau=1.0, snr_lo=0.0, warmup=0.5, schedule_depth_start=0.34)
     ctl = apply_dqar(dit, cfg, scheduler=sched)
     sizes = []
     with torch.no_grad():

@@ -37,7 +37,7 @@ def test_dqar_context_attaches_with_the_scheduler_and_removes_on_error(pixart_pi
 
 def test_dqar_context_on_a_dit_pipeline_keeps_its_cfg_layout():
     pipe = tiny_dit_pipeline()
-    with dq.dqar(pipe, dq.DQARConfig.preset("dqar", tau=1.0, snr_lo=0.0)) as ctl:
+    with dq.dqar(pipe, dq.DQARConfig.preset("gates", tau=1.0, snr_lo=0.0)) as ctl:
         pipe(class_labels=[7, 3], num_inference_steps=6, output_type="np")
     assert ctl.config.cfg_layout == "cond_first" and ctl.stats()["reuse_fraction"] > 0
     assert dq.get_controller(pipe.transformer) is None
@@ -68,7 +68,7 @@ def test_sample_result_save_writes_pngs_and_json(dit, tmp_path):
 
 
 def test_a_preset_that_reuses_nothing_warns_once_naming_the_gate(dit):
-    cfg = dq.DQARConfig.preset("dqar", warmup=0.123)  # a config no other test samples with
+    cfg = dq.DQARConfig.preset("gates", warmup=0.123)  # a config no other test samples with
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dq.sample(dit, [0, 1], num_steps=8, dqar=cfg, progress=False)
@@ -98,7 +98,7 @@ def test_load_model_takes_a_pipeline_folder_and_names_an_offline_hub_id(tmp_path
 
 
 def test_calibrate_fits_a_reuse_budget_and_round_trips(dit, tmp_path):
-    assert dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar="dqar", progress=False).stats["reuse_fraction"] == 0
+    assert dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar="gates", progress=False).stats["reuse_fraction"] == 0
     cfg = dq.calibrate(dit, budget=0.3, num_steps=10, save_to=tmp_path)
     assert 0.9 < cfg.tau < 1.0 and cfg.snr_lo > 0
     run = dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar=cfg, progress=False)  # seed 0: not a calibration seed

@@ -79,7 +79,7 @@ def test_fit_and_evaluate_policy_end_to_end(dit, tmp_path):
 
 def test_slider_grid_reads_warmup_from_the_config():
     rows = stored_traces("ddim")
-    base = DQARConfig.preset("dqar")
+    base = DQARConfig.preset("gates")
     assert base.warmup == 0.2
     grid = slider_grid(rows, base, n_tau=6, n_snr=4)
     late = slider_grid(rows, base.replace(warmup=0.5), n_tau=6, n_snr=4)

@@ -95,7 +95,7 @@ def test_loose_gates_replay_streaks_and_schedule(models, name, scheduler):
 
 def test_keep_is_the_rule_over_an_optimistic_next_step():
     """A fresh output is stored exactly where the next step could reuse it; unknown progress keeps it."""
-    dqar = DQARConfig.preset("dqar")
+    dqar = DQARConfig.preset("gates")
     assert keep_step(dqar, 3, 0.9, 4, 2) == [True] * 4  # past warmup, the schedule admits every layer at s=0.9
     assert keep_step(dqar, 3, 0.25, 4, 2) == [True, True, True, False]  # the schedule's depth at s=0.25
     assert keep_step(dqar, 0, 0.1, 4, None) == [False] * 4  # still warmup at the next step

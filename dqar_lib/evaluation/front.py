@@ -126,7 +126,7 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
     e |= {f"DQAR change {a}->{b}, delta={d}": ("DQAR change gate", (fc.replace(
         use_change_gate=True, change_scope="stack", delta=d, max_reuse_streak=a, max_reuse_streak_end=b), num_steps))
         for (a, b), d in (((1, 3), 0.05), ((1, 3), 0.1), ((2, 4), 0.1))}
-    e |= {"DQAR gates (dqar preset)": ("DQAR gates", ("dqar", num_steps)),
+    e |= {"DQAR gates (gates preset)": ("DQAR gates", ("gates", num_steps)),
           "DQAR static, order 0": ("DQAR static", (DQARConfig.preset("static", granularity="block"), num_steps)),
           "DQAR static, order 1": ("DQAR static", (DQARConfig.preset("static", granularity="block",
                                                                       forecast_order=1), num_steps))}

@@ -43,14 +43,16 @@ def conditions(model, batch: int, device: str) -> dict:
 
 
 def methods(peers: bool, lowbit: tuple[str, ...] = ()) -> dict:
-    """Full compute, the all-attention-reused ceiling, DQAR's variants, the static plan, torchao's real low-bit
+    """Full compute, the all-attention-reused ceiling, DQAR's variants (the "dqar" preset's stack forecast, per
+    block too, and the gate preset's), the static plan, torchao's real low-bit
     kernels (`lowbit` modes), and diffusers' peers."""
     P = DQARConfig.preset
     gates = dict(tau=1.0, snr_lo=0.0)  # random weights: the gates carry no signal, the schedule decides
     out = {"full": None, "all attention reused (ceiling)": "always",
-           "dqar": P("dqar", **gates), "dqar + CFG sharing": P("dqar", cfg_share=True, **gates),
-           "dqar, attn": P("dqar", granularity="attn", **gates),
-           "dqar, attn + CFG sharing": P("dqar", granularity="attn", cfg_share=True, **gates),
+           "dqar": "dqar", "dqar, per block": P("dqar", granularity="block"),
+           "gates": P("gates", **gates), "gates + CFG sharing": P("gates", cfg_share=True, **gates),
+           "gates, attn": P("gates", granularity="attn", **gates),
+           "gates, attn + CFG sharing": P("gates", granularity="attn", cfg_share=True, **gates),
            "static (DiTFastAttn-style)": "static"}
     out.update({f"torchao {mode}": TorchaoPeer(mode) for mode in lowbit})
     if peers:

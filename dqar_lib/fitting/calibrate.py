@@ -40,7 +40,7 @@ def _conditions(pipe_or_transformer, n: int, class_labels, prompts, sample_kwarg
 
 
 def calibrate(pipe_or_transformer, budget: float | None = 0.3, error_budget: float | None = None,
-              base: DQARConfig | str = "dqar", seeds=HELD_OUT_SEEDS, num_steps: int = 20, scheduler: str = "ddim",
+              base: DQARConfig | str = "gates", seeds=HELD_OUT_SEEDS, num_steps: int = 20, scheduler: str = "ddim",
               n: int = 4, class_labels=None, prompts: list[str] | None = None, guidance_scale: float | None = None,
               save_to: str | Path | None = None, progress: bool = False, **sample_kwargs) -> DQARConfig:
     """`base` (a preset name or config) with tau and snr_lo fitted to this model on full-compute traces of `seeds`.
@@ -55,7 +55,7 @@ def calibrate(pipe_or_transformer, budget: float | None = 0.3, error_budget: flo
     if not isinstance(cfg, DQARConfig):
         raise TypeError(f"base must be a preset name or a DQARConfig, got {type(base).__name__}")
     if not (cfg.use_entropy_gate and cfg.use_snr_gate) or cfg.use_policy or cfg.static_plan or cfg.always_reuse:
-        raise ValueError("calibrate fits the entropy and SNR gates; the base config must use both (the 'dqar' "
+        raise ValueError("calibrate fits the entropy and SNR gates; the base config must use both (the 'gates' "
                          "preset does), not a policy, a static plan or always-reuse")
     if (budget is None) == (error_budget is None):
         raise ValueError(f"give exactly one of budget (a reuse fraction) and error_budget, got budget={budget!r}, "

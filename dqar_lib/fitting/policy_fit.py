@@ -126,7 +126,7 @@ def label_accuracy(policy: ReusePolicy, f: torch.Tensor, y: torch.Tensor) -> flo
 def gates_config(rows: Rows) -> DQARConfig:
     """Hand-set gates with thresholds read off (training) traces by `gate_thresholds`, the rule notebook 06
     uses, reusing attention outputs as the policy does (its labels are the cost of attention reuse)."""
-    return DQARConfig.preset("dqar", granularity="attn", **gate_thresholds(_frame(rows).to_dict("records")))
+    return DQARConfig.preset("gates", granularity="attn", **gate_thresholds(_frame(rows).to_dict("records")))
 
 
 def one_hot_plan(step: int, layer: int, num_steps: int, num_layers: int) -> tuple[tuple[bool, ...], ...]:

@@ -244,7 +244,9 @@ def family_refusal(transformer: torch.nn.Module, granularity: str,
         if granularity == "stack" and len(lists) > 1 and not all(
                 TEXT in inspect.signature(b.forward).parameters for _, _, b in points):
             return (f"granularity='stack' serves the whole block stack from its first block's input, and {family}'s "
-                    f"blocks lie in {len(lists)} stacks ({', '.join(lists)}) over different token sequences")
+                    f"blocks lie in {len(lists)} stacks ({', '.join(lists)}) over different token sequences; "
+                    "granularity='block' forecasts each block on the same plan, e.g. "
+                    "DQARConfig.preset('dqar', granularity='block')")
     return None
 
 

@@ -118,8 +118,8 @@ def scatter_rank(ax, x, y, xlabel: str, ylabel: str, logx: bool = False, logy: b
     return rho
 
 
-def pareto(ax, df, ours: tuple[str, ...] = ("dqar", "policy", "entropy", "SNR", "schedule"), cap: float = 60.0,
-           ceiling: float | None = None, highlight: str = "dqar") -> None:
+def pareto(ax, df, ours: tuple[str, ...] = ("gates", "dqar", "policy", "entropy", "SNR", "schedule"), cap: float = 60.0,
+           ceiling: float | None = None, highlight: str = "gates") -> None:
     """Speed vs quality, one point per method: DQAR's variants as circles, peers as squares, each its own colour,
     named in a legend beside the axes (point labels would overlap where methods crowd).
 
