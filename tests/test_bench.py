@@ -222,7 +222,8 @@ def test_gpu_bench_cli_runs_on_cpu(tmp_path):
           "--device", "cpu"])
     eager, compiled = read_result(tmp_path / "tiny-eager.json"), read_result(tmp_path / "tiny-compiled.json")
     names = [r["method"] for r in eager["result"]["rows"]]
-    assert names[0] == "full" and "gates, attn" in names and "diffusers pab" in names and "torchao int8_dynamic" in names
+    assert names[0] == "full" and "gates, attn" in names and "diffusers pab" in names
+    assert "torchao int8_dynamic" in names
     assert all(r["compiled"] for r in compiled["result"]["rows"])
     assert eager["manifest"]["params"]["weights"].startswith("random")
     assert eager["result"]["rows"][1]["latent_rel_l2"] > 0 == eager["result"]["rows"][0]["latent_rel_l2"]

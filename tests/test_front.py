@@ -8,7 +8,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from dqar_lib import DQARConfig, sample, tiny_dit  # noqa: E402
-from dqar_lib.evaluation.front import forecast_variants, front_bench, front_entries, speed_at_psnr  # noqa: E402
+from dqar_lib.evaluation.front import bar_point, forecast_variants, front_bench, front_entries, speed_at_psnr  # noqa: E402
 from dqar_lib.evaluation.methods import as_method  # noqa: E402
 from dqar_lib.method.rule import keep_ahead  # noqa: E402
 from dqar_lib.publish import plots  # noqa: E402
@@ -21,6 +21,16 @@ def test_speed_at_psnr_interpolates_on_the_upper_front():
     assert at["A"][45.0] == pytest.approx(1.2 + 0.6 * 5 / 8)  # between (50, 1.2) and (42, 1.8)
     assert at["A"][35.0] == pytest.approx(1.8 + 0.7 * 7 / 12)  # (40, 1.5) is dominated by (42, 1.8): not used
     assert at["A"][55.0] is None and at["B"][45.0] is None and at["B"][35.0] == 3.0
+
+
+def test_bar_point_is_the_fastest_qualifying_entry_of_its_prefix():
+    df = pd.DataFrame(dict(psnr=[float("inf"), 46.0, 44.0, 50.0, 42.0], speedup=[1.0, 1.9, 2.3, 2.6, 3.0],
+                           class_accuracy=[0.80, 0.79, 0.81, 0.70, 0.80]),
+                      index=["full", "DQAR a", "DQAR b", "DQAR c", "DQAR d"])
+    assert bar_point(df) == "DQAR b"  # c misses the accuracy, d the PSNR
+    assert bar_point(df, "DQAR a") == "DQAR a" and bar_point(df, min_psnr=47) is None
+    with pytest.raises(ValueError, match="'full' row"):
+        bar_point(df.drop(index="full"))
 
 
 def test_front_bench_times_every_entry_against_the_reference():

@@ -89,6 +89,18 @@ def speed_at_psnr(df, family: str = "family", targets=(35.0, 40.0, 45.0)) -> dic
     return out
 
 
+def bar_point(df, prefix: str = "DQAR", min_psnr: float = 43.0, acc_tol: float = 0.02) -> str | None:
+    """The fastest entry whose name starts with `prefix` at `min_psnr` dB or more and with class accuracy within
+    `acc_tol` of full compute's (the bar the front is read against); None when no entry qualifies.
+
+    `df` is the front indexed by method name, with a "full" row and columns `speedup`, `psnr`, `class_accuracy`."""
+    if "full" not in df.index:
+        raise ValueError(f"bar_point needs the front's 'full' row to compare class accuracy; rows: {list(df.index)}")
+    near = (df.class_accuracy - df.loc["full"].class_accuracy).abs() <= acc_tol
+    ok = df[df.index.str.startswith(prefix) & (df.psnr >= min_psnr) & near].speedup
+    return ok.idxmax() if len(ok) else None
+
+
 def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor, num_steps: int = 50,
                          scheduler: str = "ddim", per_class: int = 10, seed: int = 100, classifier=None) -> dict:
     """Class accuracy and proxy FID (N = 10 * per_class, against `reference` images, e.g. CIFAR-10 test) of a
