@@ -17,7 +17,8 @@ from dqar_lib.method.families import Streams, cfg_layout, self_attention_modules
 from dqar_lib.method.prediction import clean_estimate, prediction_type, step_sigma, step_x0
 from dqar_lib.method.stats import latent_snr
 from dqar_lib.models.sampling import make_scheduler
-from dqar_lib.models.tiny_families import FAMILIES, tiny_pipeline
+from dqar_lib.models.tiny_families import FAMILIES
+from dqar_lib.models.tiny_pipelines import tiny_pipeline
 
 JOINT = ["SD3Transformer2DModel", "FluxTransformer2DModel"]
 

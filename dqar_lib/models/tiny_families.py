@@ -401,38 +401,3 @@ FAMILIES: dict[str, FamilySpec] = {
         _transformer2d, lambda t: dict(hidden_states=_randn(B, 4, 8, 8), timestep=_t(t), class_labels=torch.arange(B)),
         _ddim, text=False),
 }
-
-
-def _tiny_vae():
-    from .pipelines import _tiny_vae
-
-    return _tiny_vae().eval()
-
-
-def tiny_pipeline(name: str):
-    """A random diffusers pipeline around the tiny `name` transformer ("StableDiffusion3Pipeline" or
-    "FluxPipeline"), with a one-block VAE and no text encoders, and the keyword arguments of one call: caption
-    embeddings stand in for the prompt, so nothing is tokenized or downloaded::
-
-        pipe, kwargs = tiny_pipeline("FluxPipeline")
-        with dqar_lib.dqar(pipe, "always"):
-            latents = pipe(**kwargs, num_inference_steps=4).images
-    """
-    import diffusers
-
-    g = torch.Generator().manual_seed(2)
-    no_text = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
-    emb = dict(prompt_embeds=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
-               pooled_prompt_embeds=torch.randn(1, POOLED_DIM, generator=g), output_type="latent")
-    if name == "StableDiffusion3Pipeline":
-        pipe = diffusers.StableDiffusion3Pipeline(transformer=_sd3(), scheduler=_flow(), vae=_tiny_vae(), **no_text,
-                                                  text_encoder_3=None, tokenizer_3=None)
-        emb.update(negative_prompt_embeds=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
-                   negative_pooled_prompt_embeds=torch.randn(1, POOLED_DIM, generator=g), height=16, width=16)
-    elif name == "FluxPipeline":
-        pipe = diffusers.FluxPipeline(transformer=_flux(), scheduler=_flow(), vae=_tiny_vae(), **no_text)
-        emb.update(height=32, width=32)
-    else:
-        raise ValueError(f"no tiny pipeline {name!r}; known: StableDiffusion3Pipeline, FluxPipeline")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, emb
