@@ -8,7 +8,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from dqar_lib import DQARConfig, sample, tiny_dit  # noqa: E402
-from dqar_lib.evaluation.front import bar_point, forecast_variants, front_bench, front_entries, speed_at_psnr  # noqa: E402
+from dqar_lib.evaluation.front import (  # noqa: E402
+    bar_point,
+    forecast_variants,
+    front_bench,
+    front_entries,
+    preset_entry,
+    speed_at_psnr,
+)
 from dqar_lib.evaluation.methods import as_method  # noqa: E402
 from dqar_lib.method.rule import keep_ahead  # noqa: E402
 from dqar_lib.publish import plots  # noqa: E402
@@ -91,3 +98,10 @@ def test_front_plot_draws_a_line_per_family():
     plots.front(ax, df)
     assert len(ax.get_legend().get_texts()) == 2
     plt.close(fig)
+
+
+def test_preset_entry_names_the_front_entry_a_forecast_preset_is():
+    entries = front_entries()
+    for name in ("forecast", "dqar"):
+        family, (cfg, _) = entries[preset_entry(name)]
+        assert family == "DQAR forecast" and cfg == DQARConfig.preset(name)

@@ -101,6 +101,18 @@ def bar_point(df, prefix: str = "DQAR", min_psnr: float = 43.0, acc_tol: float =
     return ok.idxmax() if len(ok) else None
 
 
+def preset_entry(name: str = "dqar") -> str:
+    """The front entry (`front_entries`' name) that the forecast preset `name` is: its streak caps."""
+    from ..method.config import DQARConfig
+
+    p = DQARConfig.preset(name)
+    return _forecast_entry(p.max_reuse_streak, p.max_reuse_streak_end)
+
+
+def _forecast_entry(a: int, b: int) -> str:
+    return f"DQAR forecast {a}->{b}"
+
+
 def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor, num_steps: int = 50,
                          scheduler: str = "ddim", per_class: int = 10, seed: int = 100, classifier=None) -> dict:
     """Class accuracy and proxy FID (N = 10 * per_class, against `reference` images, e.g. CIFAR-10 test) of a
@@ -132,7 +144,7 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
     e = {"full": ("full compute", (None, num_steps))}
     e |= {f"DDIM-{k}": ("fewer DDIM steps", (None, k)) for k in fewer_ddim}
     e |= {f"DPM-Solver-{k}": ("fewer DPM-Solver steps", (None, k, "dpm")) for k in fewer_dpm}
-    e |= {f"DQAR forecast {a}->{b}": ("DQAR forecast", (fc.replace(max_reuse_streak=a, max_reuse_streak_end=b),
+    e |= {_forecast_entry(a, b): ("DQAR forecast", (fc.replace(max_reuse_streak=a, max_reuse_streak_end=b),
                                                          num_steps)) for a, b in forecast_caps}
     e |= {f"DQAR plan {b:.2f}": ("DQAR fitted plan", (cfg, num_steps)) for b, cfg in (plans or {}).items()}
     e |= {f"DQAR change {a}->{b}, delta={d}": ("DQAR change gate", (fc.replace(
