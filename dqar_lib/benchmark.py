@@ -1,9 +1,15 @@
-"""Benchmark DQAR on any DiT / PixArt pipeline from the command line: full compute, DQAR and peers, same seeds.
+"""Benchmark DQAR on a diffusers pipeline from the command line: full compute, DQAR and peers, same seeds.
 
     python -m dqar_lib.benchmark --model facebook/DiT-XL-2-256 --steps 50 --num-prompts 8 --output-dir runs/dit
     python -m dqar_lib.benchmark --model PixArt-alpha/PixArt-Sigma-XL-2-512-MS --prompts-file my.jsonl \
         --prompt-field caption --set tau=0.97 --peers pab fbc --output-dir runs/pixart
     python -m dqar_lib.benchmark --model ./my-pipeline --calibrate --budget 0.3 --sweep --output-dir runs/mine
+    python -m dqar_lib.benchmark --model black-forest-labs/FLUX.1-dev --steps 28 --prompts "a red fox" \
+        --height 512 --width 512 --output-dir runs/flux            # or --embeds embeds.pt (pre-encoded prompts)
+
+DiT- and PixArt-style pipelines run in dqar_lib's own sampling loop (--scheduler, --compile, --calibrate, --peers).
+Every other pipeline (SD3, Flux, ...) runs through its own `pipe(...)` under `dqar_lib.dqar(pipe, config)`, on its
+own scheduler, timed to latents (`evaluation.pipe_benchmark`); full compute and DQAR (or a --sweep of it) run there.
 
 Writes into --output-dir: images/<method>/image_NNN.png, benchmark_results.json (a manifest and a row per method:
 time per image and per step with its spread, peak memory, reuse, PSNR / SSIM against full compute, CLIP score
@@ -24,10 +30,11 @@ from .evaluation.benchmark import run_benchmark, sweep_configs
 from .evaluation.clip import CLIP_MODEL, clip_scorer
 from .evaluation.methods import DQARMethod
 from .evaluation.peers import PEERS, get_peer
+from .evaluation.pipe_benchmark import PipelineCall, pipeline_call, run_pipeline_benchmark
 from .fitting.calibrate import CALIBRATION_FILE, calibrate, load_calibration
 from .method.config import PRESETS, DQARConfig, parse_overrides
 from .method.files import atomic_write
-from .models.pipelines import conditions_for, load_pipeline
+from .models.pipelines import conditions_for, load_pipeline, pipeline_driven
 from .models.prompts import cached_download, read_prompts
 from .models.sampling import SCHEDULERS, is_text_conditioned
 from .publish.benchmark_plots import benchmark_figure, sweep_figure
@@ -49,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
     a("--calibrate", action="store_true", help="fit tau and snr_lo to this model first (dqar_lib.calibrate)")
     a("--budget", type=float, default=0.3, help="--calibrate's reuse budget (fraction of block calls)")
     a("--steps", type=int, default=20)
-    a("--scheduler", default="ddim", choices=SCHEDULERS)
+    a("--scheduler", default=None, choices=SCHEDULERS, help="dqar_lib's sampler for DiT / PixArt (default ddim); "
+      "other pipelines step their own")
     a("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's own default)")
     a("--dtype", choices=list(DTYPES), default=None, help="default float16 on CUDA, float32 on CPU")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -59,7 +67,11 @@ def parser() -> argparse.ArgumentParser:
     a("--prompt-field", default="prompt", help="the field of each .json / .jsonl object that holds the prompt")
     a("--prompt-dataset-url", help="a prompt file to download once into the local cache (see --refresh)")
     a("--refresh", action="store_true", help="download --prompt-dataset-url again")
-    a("--num-prompts", type=int, default=8, help="images per method (prompts or class ids, cycled)")
+    a("--num-prompts", type=int, default=8, help="images per method (prompts, class ids or embeddings, cycled)")
+    a("--embeds", type=Path, help="pipelines run through pipe(...) (SD3, Flux, ...): a torch.save'd dict of "
+      "pre-encoded pipe(...) arguments (prompt_embeds, pooled_prompt_embeds, ...) in place of prompts")
+    a("--height", type=int, help="pipelines run through pipe(...): image height (default: the pipeline's)")
+    a("--width", type=int, help="pipelines run through pipe(...): image width (default: the pipeline's)")
     a("--seed", type=int, default=0)
     a("--compile", action="store_true", help="full compute and peers with blocks compiled, DQAR regionally")
     a("--repeats", type=int, default=3)
@@ -84,6 +96,11 @@ def _check(p, a) -> None:
         p.error("give at most one of --prompts, --prompts-file and --prompt-dataset-url")
     if a.class_ids and (a.prompts or a.prompts_file or a.prompt_dataset_url):
         p.error("give --class-ids (class-conditional pipelines) or prompts (text-conditioned ones), not both")
+    if a.embeds is not None and (a.prompts or a.prompts_file or a.prompt_dataset_url or a.class_ids):
+        p.error("give --embeds (pre-encoded prompts) or prompts / class ids, not both")
+    for name in ("height", "width"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
     if a.calibrate and a.calibration:
         p.error("give --calibrate (fit now) or --calibration FILE (a saved fit), not both")
     bad = [x for x in a.peers if x not in PEERS]
@@ -126,39 +143,87 @@ def _save_plot(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _conditions(a, pipe, prompts):
+    """(conditions, scheduler label): dqar_lib's own loop conditions DiT / PixArt pipelines; the others (SD3, Flux,
+    ...) run through `pipe(...)` with prompts or --embeds, on their own scheduler, where some flags cannot apply."""
+    kind = type(pipe).__name__
+    if pipeline_driven(pipe):
+        given = [f for f, v in (("--class-ids", a.class_ids), ("--calibrate", a.calibrate), ("--compile", a.compile),
+                                ("--peers", a.peers), ("--scheduler", a.scheduler)) if v]
+        if given:
+            raise ValueError(f"{a.model} is a {kind}, which the benchmark runs through pipe(...) with its own "
+                             f"scheduler: {', '.join(given)} apply only to DiT- and PixArt-style pipelines")
+        embeds = _load_embeds(a.embeds) if a.embeds is not None else None
+        if embeds is None and prompts is None:
+            prompts = read_prompts()  # the shipped set
+        size = {k: getattr(a, k) for k in ("height", "width") if getattr(a, k) is not None}
+        return pipeline_call(pipe, a.num_prompts, prompts, embeds, **size), type(pipe.scheduler).__name__
+    given = [f for f, v in (("--embeds", a.embeds), ("--height", a.height), ("--width", a.width)) if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to pipelines run through pipe(...) (SD3, Flux, ...); {a.model} "
+                         f"is a {kind}, which dqar_lib's own sampling loop conditions")
+    text = is_text_conditioned(pipe.transformer)
+    if text and a.class_ids:
+        raise ValueError(f"{a.model} is text-conditioned ({kind}): give prompts, not --class-ids")
+    if not text and prompts:
+        raise ValueError(f"{a.model} is class-conditional ({kind}): give --class-ids, not prompts")
+    if text and prompts is None:
+        prompts = read_prompts()  # the shipped set
+    n = len(a.class_ids) if a.class_ids else a.num_prompts
+    return conditions_for(pipe, n, a.class_ids, prompts), a.scheduler or "ddim"
+
+
+def _load_embeds(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"--embeds {path} is not a file")
+    embeds = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(embeds, dict):
+        raise ValueError(f"--embeds {path} holds a {type(embeds).__name__}; expected a dict of pipe(...) arguments "
+                         "(torch.save(dict(prompt_embeds=..., pooled_prompt_embeds=...), path))")
+    return embeds
+
+
 def run(a) -> Path:
     """The benchmark of parsed arguments `a` (see `parser`); returns the results file."""
     name, cfg = base_config(a)
     prompts = prompts_of(a)
     dtype = DTYPES[a.dtype or ("float16" if str(a.device).startswith("cuda") else "float32")]
     pipe = load_pipeline(a.model, dtype=dtype, device=a.device)
-    text = is_text_conditioned(pipe.transformer)
-    if text and a.class_ids:
-        raise ValueError(f"{a.model} is text-conditioned ({type(pipe).__name__}): give prompts, not --class-ids")
-    if not text and prompts:
-        raise ValueError(f"{a.model} is class-conditional ({type(pipe).__name__}): give --class-ids, not prompts")
-    if text and prompts is None:
-        prompts = read_prompts()  # the shipped set
-    n = len(a.class_ids) if a.class_ids else a.num_prompts
-    cond = conditions_for(pipe, n, a.class_ids, prompts)
+    cond, scheduler = _conditions(a, pipe, prompts)
+    driven = isinstance(cond, PipelineCall)
+    if driven:
+        embeds = {k: v.to(a.device, dtype) if v.is_floating_point() else v.to(a.device)
+                  for k, v in cond.kwargs.items() if torch.is_tensor(v)}
+        cond.kwargs.update(embeds)
+    n = len(cond)
     guidance = _default_guidance(pipe) if a.guidance is None else a.guidance
     out = a.output_dir
     if a.calibrate:
         local = Path(a.model)
         target = local if local.is_dir() and _writable(local) else out
-        cfg = calibrate(pipe, budget=a.budget, base=cfg, num_steps=a.steps, scheduler=a.scheduler,
+        cfg = calibrate(pipe, budget=a.budget, base=cfg, num_steps=a.steps, scheduler=scheduler,
                         guidance_scale=guidance, n=min(n, 4), prompts=prompts, save_to=target,
                         progress=not a.quiet)
         name = "dqar (calibrated)"
         print(f"calibrated: tau={cfg.tau:.4f}, snr_lo={cfg.snr_lo:.4f} -> {target / CALIBRATION_FILE}")
     scorer, clip_missing = (None, "--no-clip") if a.no_clip else clip_scorer(device=a.device)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    params.update(pipeline=type(pipe).__name__, dtype=str(dtype), guidance=guidance, dqar_config=cfg.to_dict())
-    common = dict(num_steps=a.steps, scheduler=a.scheduler, guidance_scale=guidance, seed=a.seed, repeats=a.repeats,
-                  warmup=a.warmup, compile=a.compile, compile_options={} if a.device.startswith("cuda") else
-                  {"backend": "eager"}, scorer=scorer, progress=not a.quiet)
-    extra = dict(conditions=cond.names, prompt_tokens=cond.prompt_tokens or None, clip_model=CLIP_MODEL,
-                 clip_missing=clip_missing)
+    params.update(pipeline=type(pipe).__name__, scheduler=scheduler, dtype=str(dtype), guidance=guidance,
+                  dqar_config=cfg.to_dict())
+    common = dict(num_steps=a.steps, guidance_scale=guidance, seed=a.seed, repeats=a.repeats, warmup=a.warmup,
+                  scorer=scorer, progress=not a.quiet)
+    if driven:
+        def bench(methods, folder, on_row):
+            return run_pipeline_benchmark(pipe, cond, methods, folder, on_row=on_row, **common)
+    else:
+        common.update(scheduler=scheduler, compile=a.compile,
+                      compile_options={} if a.device.startswith("cuda") else {"backend": "eager"})
+
+        def bench(methods, folder, on_row):
+            return run_benchmark(pipe, cond, methods, folder, on_row=on_row, **common)
+    extra = dict(conditions=cond.names, prompt_tokens=getattr(cond, "prompt_tokens", None) or None,
+                 clip_model=CLIP_MODEL, clip_missing=clip_missing)
+    title = f"{a.model}: {scheduler}-{a.steps}"
     if a.sweep:
         configs = sweep_configs(cfg, a.sweep_tau, a.sweep_streak)
         path = out / SWEEP_RESULTS
@@ -169,9 +234,9 @@ def run(a) -> Path:
                 r["sweep"] = dict(tau=c.tau, cap=c.max_reuse_streak)
             write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
 
-        rows = run_benchmark(pipe, cond, {"full": None, **configs}, out / "sweep", on_row=write_sweep, **common)
+        rows = bench({"full": None, **configs}, out / "sweep", write_sweep)
         write_sweep(rows, complete=True)
-        _save_plot(sweep_figure(rows[1:], f"{a.model}: {a.scheduler}-{a.steps}"), out / SWEEP_PLOT)
+        _save_plot(sweep_figure(rows[1:], title), out / SWEEP_PLOT)
         _report(rows)
         return path
     methods = {"full": None, name: DQARMethod(cfg)}
@@ -181,9 +246,9 @@ def run(a) -> Path:
     def write(rows, complete=False):
         write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
 
-    rows = run_benchmark(pipe, cond, methods, out, on_row=write, **common)
+    rows = bench(methods, out, write)
     write(rows, complete=True)
-    _save_plot(benchmark_figure(rows, f"{a.model}: {a.scheduler}-{a.steps}, {len(cond)} images"), out / PLOT)
+    _save_plot(benchmark_figure(rows, f"{title}, {n} images"), out / PLOT)
     _report(rows)
     return path
 

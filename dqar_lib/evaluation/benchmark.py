@@ -80,14 +80,16 @@ def run_benchmark(pipe, cond: Conditions, methods: dict, out_dir: str | Path, nu
             folder = out_dir / "images" / slug(name)
             res.save(folder)
             ref = ref or (name, res, summary(times)["median_ms"])
-            rows.append(_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir),
+            rows.append(benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir),
                              scorer, cond.names))
             if on_row is not None:
                 on_row(rows)
     return rows
 
 
-def _row(name, method, res, ref, times, n, num_steps, dev, folder, scorer, names) -> dict:
+def benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder, scorer, names) -> dict:
+    """A method's row: its timing summary, per-image / per-step times, speedup and PSNR / SSIM against `ref`
+    (name, result, median ms), reuse, memory, `scorer`'s score of its images and their folder."""
     s = summary(times)
     ref_name, ref_res, ref_ms = ref
     peak, peak_kind = peak_memory(dev)

@@ -73,7 +73,8 @@ def load_pipeline(name_or_path: str | Path, dtype: torch.dtype = torch.float32, 
 
     low_mem = importlib.util.find_spec("accelerate") is not None  # without accelerate, diffusers warns and falls back
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, low_cpu_mem_usage=low_mem)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, low_cpu_mem_usage=low_mem,
+                                                 **_saved_without(path))
     except Exception as e:  # hub and file errors are long; name the model first
         raise ValueError(f"could not load the pipeline {name_or_path!r}: {type(e).__name__}: {e}") from None
     if getattr(pipe, "transformer", None) is None:
@@ -81,6 +82,25 @@ def load_pipeline(name_or_path: str | Path, dtype: torch.dtype = torch.float32, 
                          "transformer of a DiT- or PixArt-style pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _saved_without(folder: Path) -> dict:
+    """{component: None} for each component a local pipeline folder was saved without (null in model_index.json,
+    e.g. text encoders dropped for pre-encoded prompts), which diffusers otherwise refuses to load."""
+    import json
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return {}
+    spec = json.loads(index.read_text())
+    return {k: None for k, v in spec.items() if not k.startswith("_") and v == [None, None]}
+
+
+def pipeline_driven(pipe) -> bool:
+    """True when dqar_lib's own sampling loop cannot condition `pipe.transformer` (neither DiT-style class labels
+    nor PixArt-style caption embeddings: SD3, Flux, ...), so the benchmark drives `pipe(...)` itself."""
+    model = pipe.transformer
+    return not is_text_conditioned(model) and getattr(model.config, "num_embeds_ada_norm", None) is None
 
 
 def class_conditions(pipe, n: int | None = None, class_ids: list[int] | None = None) -> Conditions:
@@ -124,11 +144,12 @@ def conditions_for(pipe, n: int, class_ids: list[int] | None = None, prompts: li
         if not prompts:
             raise ValueError(f"{type(pipe).__name__} is text-conditioned and no prompts were given")
         return text_conditions(pipe, [prompts[i % len(prompts)] for i in range(n)])
-    if getattr(pipe.transformer.config, "num_embeds_ada_norm", None) is None:
+    if pipeline_driven(pipe):
         raise ValueError(f"{type(pipe).__name__}'s {type(pipe.transformer).__name__} is neither class-conditional "
                          "(DiT-style) nor text-conditioned with caption embeddings (PixArt-style), the two that "
-                         "dqar_lib's own sampling loop (and so the benchmark CLI) conditions; DQAR itself attaches to "
-                         "it: `with dqar_lib.dqar(pipe): pipe(...)` (notebooks/10_portability)")
+                         "dqar_lib's own sampling loop conditions; run it through its own pipe(...): "
+                         "`with dqar_lib.dqar(pipe): pipe(...)`, or evaluation.pipe_benchmark (the benchmark CLI "
+                         "does so)")
     if prompts:
         raise ValueError(f"{type(pipe).__name__} is class-conditional: pass class ids, not prompts")
     return class_conditions(pipe, n, class_ids)
@@ -145,11 +166,13 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def _tiny_vae():
+def _tiny_vae(shift_factor: float | None = None):
+    """A one-block AutoencoderKL (4 latent channels); SD3 / Flux pipelines decode with a `shift_factor`."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8)
+                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8,
+                         shift_factor=shift_factor)
 
 
 def tiny_dit_pipeline(depth: int = 2, sample_size: int = 8):

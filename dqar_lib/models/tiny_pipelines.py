@@ -26,8 +26,8 @@ def tiny_pipeline(name: str):
         raise ValueError(f"no tiny pipeline {name!r}; known: {', '.join(_TRANSFORMER)}")
     spec = FAMILIES[_TRANSFORMER[name]]
     g = torch.Generator().manual_seed(2)
-    parts = dict(transformer=spec.make(), scheduler=spec.scheduler(), vae=_tiny_vae().eval(), text_encoder=None,
-                 tokenizer=None, text_encoder_2=None, tokenizer_2=None)
+    parts = dict(transformer=spec.make(), scheduler=spec.scheduler(), vae=_tiny_vae(shift_factor=0.0).eval(),
+                 text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     emb = dict(prompt_embeds=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
                pooled_prompt_embeds=torch.randn(1, POOLED_DIM, generator=g), output_type="latent")
     if name == "StableDiffusion3Pipeline":

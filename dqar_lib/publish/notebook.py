@@ -7,7 +7,7 @@ import ast
 from ..models.sampling import SCHEDULERS
 
 PROFILES = ("smoke", "full")
-POSITIVE_INTS = ("steps", "num_steps", "batch", "depth", "per_class", "repeats")
+POSITIVE_INTS = ("steps", "num_steps", "pipe_steps", "batch", "depth", "per_class", "repeats")
 OPEN_FRACTIONS = ("target_reuse", "cheap_quantile")  # numbers strictly inside (0, 1)
 GRID_SIZES = ("n_tau", "n_snr")  # slider grid sizes: integers from 2 to 12
 
@@ -15,7 +15,7 @@ GRID_SIZES = ("n_tau", "n_snr")  # slider grid sizes: integers from 2 to 12
 def check_parameters(**params) -> None:
     """Validate the usual notebook parameters; a bad value raises a ValueError that names the parameter.
 
-    Known names: profile, steps/num_steps, batch, depth, per_class, repeats, seed(s), scheduler, tau, alpha,
+    Known names: profile, steps/num_steps/pipe_steps, batch, depth, per_class, repeats, seed(s), scheduler, tau, alpha,
     guidance_scale, target_reuse, cheap_quantile, n_tau, n_snr, budgets.
     Under papermill it first refuses a parameter the notebook does not declare (`refuse_unknown_parameters`).
     """

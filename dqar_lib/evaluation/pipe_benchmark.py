@@ -1,0 +1,130 @@
+"""The benchmark on pipelines dqar_lib's own sampling loop does not condition (SD3, Flux, ...): it drives `pipe(...)`.
+
+    call = pipeline_call(pipe, n=4, embeds=torch.load("embeds.pt"))      # or prompts=[...] with text encoders
+    rows = run_pipeline_benchmark(pipe, call, {"full": None, "dqar": "dqar"}, out_dir, num_steps=28, on_row=write)
+
+Each method runs under `dqar_lib.dqar(pipe, config)` (full compute: nothing attached) on the same seed, the
+pipeline's own scheduler and guidance. Its first untimed run (a warm-up) returns images (`output_type="pt"`),
+written as PNGs and compared with full compute's; the timed runs return latents (`output_type="latent"`), so the
+VAE decode stays out of the timing. With prompts given as text, encoding them is inside every timed run (the same
+work for every method); pre-encoded embeddings (`embeds`) keep it out. Rows are those of `run_benchmark`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..method.hooks import dqar
+from ..models.sampling import SampleResult
+from .bench import _time_once, summary
+from .benchmark import benchmark_row, slug
+from .methods import DQARMethod, as_method
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+SET_BY_BENCHMARK = ("output_type", "generator", "num_inference_steps", "guidance_scale")
+
+
+@dataclass
+class PipelineCall:
+    """The conditioning arguments of one `pipe(...)` call over the whole batch, and what names each image."""
+
+    names: list[str]
+    kwargs: dict  # prompt=[...] or the pipeline's *_embeds / *_mask tensors, (N, ...) each
+    encodes_prompts: bool  # text prompts: their encoding runs inside each timed call
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def pipeline_call(pipe, n: int, prompts: list[str] | None = None, embeds: dict | None = None,
+                  **call_kwargs) -> PipelineCall:
+    """`n` images: prompts (cycled; the pipeline must have its text encoders) or pre-encoded `embeds`, a dict of
+    `pipe(...)` arguments whose `*_embeds` / `*_mask` tensors share their first (prompt) dimension and are cycled to
+    `n` rows. `call_kwargs` (height, width, ...) are added to every call."""
+    name = type(pipe).__name__
+    if n < 1:
+        raise ValueError(f"the number of images must be >= 1, got {n}")
+    if (prompts is None) == (embeds is None):
+        raise ValueError(f"{name}: give prompts or pre-encoded embeds, exactly one of them")
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    own = [k for k in (embeds or {}) | call_kwargs if k in SET_BY_BENCHMARK]
+    if own:
+        raise ValueError(f"{own} are set by the benchmark itself ({', '.join(SET_BY_BENCHMARK)}); leave them out")
+    bad = [k for k in (embeds or {}) | call_kwargs if k not in accepted]
+    if bad:
+        raise ValueError(f"{name}(...) takes no {bad}; it takes {', '.join(k for k in accepted if k != 'self')}")
+    if prompts is not None:
+        if not prompts:
+            raise ValueError(f"{name} needs at least one prompt, got none")
+        if all(getattr(pipe, k, None) is None for k in TEXT_ENCODERS):
+            raise ValueError(f"this {name} has no text encoder (saved without one), so it cannot encode prompts: "
+                             "give pre-encoded embeddings (--embeds FILE)")
+        names = [prompts[i % len(prompts)] for i in range(n)]
+        return PipelineCall(names, dict(prompt=names, **call_kwargs), True)
+    rows = {k: v for k, v in embeds.items() if k.endswith(("_embeds", "_mask"))}
+    if not rows or not all(torch.is_tensor(v) for v in rows.values()):
+        raise ValueError(f"embeds need tensors named *_embeds (e.g. prompt_embeds), got {sorted(embeds)}")
+    B = {k: v.shape[0] for k, v in rows.items()}
+    if len(set(B.values())) > 1:
+        raise ValueError(f"embeds disagree on the number of prompts (first dimension): {B}")
+    b = next(iter(B.values()))
+    idx = [i % b for i in range(n)]
+    kwargs = dict(embeds, **{k: v[idx] for k, v in rows.items()}, **call_kwargs)
+    return PipelineCall([f"embedding {i}" for i in idx], kwargs, False)
+
+
+def run_pipeline_benchmark(pipe, call: PipelineCall, methods: dict, out_dir: str | Path, num_steps: int = 28,
+                           guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, warmup: int = 1,
+                           scorer: Callable | None = None, on_row: Callable[[list[dict]], None] | None = None,
+                           progress: bool = True) -> list[dict]:
+    """One row per method (None, a DQAR preset name or a DQARConfig; the first is the reference) as `run_benchmark`
+    gives, from `max(warmup, 1)` untimed runs (the first returns the images) and `repeats` timed ones."""
+    if not methods:
+        raise ValueError("run_pipeline_benchmark needs at least one method")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    methods = {name: as_method(m) for name, m in methods.items()}
+    peers = [name for name, m in methods.items() if m is not None and not isinstance(m, DQARMethod)]
+    if peers:
+        raise ValueError(f"{type(pipe).__name__} runs through pipe(...), where only full compute and DQAR run; the "
+                         f"peers {peers} are set up for dqar_lib's own DDPM-time loop (diffusers' own "
+                         "`pipe.transformer.enable_cache(...)` applies them here)")
+    out_dir, n = Path(out_dir), len(call)
+    dev = next(pipe.transformer.parameters()).device
+    base = dict(call.kwargs, num_inference_steps=num_steps)
+    if guidance_scale is not None:
+        base["guidance_scale"] = float(guidance_scale)
+
+    def once(method, output_type):  # (ms of the pipe call alone, its images or latents, DQAR's stats)
+        gen = torch.Generator("cpu").manual_seed(seed)
+        with dqar(pipe, method.config) if method is not None else contextlib.nullcontext() as ctl:
+            ms, out = _time_once(lambda: pipe(**base, generator=gen, output_type=output_type).images, dev)
+        return ms, out, (ctl.stats() if ctl is not None else {})
+
+    rows, ref = [], None
+    for name, method in tqdm(methods.items(), desc="methods", disable=not progress):
+        untimed, times = max(warmup, 1), []
+        for r in tqdm(range(untimed + repeats), desc=name, leave=False, disable=not progress):
+            ms, out, stats = once(method, "pt" if r == 0 else "latent")
+            if r == 0:
+                images = out.float().cpu()  # (N, 3, H, W) in [0, 1]
+            elif r >= untimed:
+                times.append(ms)
+        res = SampleResult(images, out, None, stats)
+        folder = out_dir / "images" / slug(name)
+        res.save(folder)
+        ref = ref or (name, res, summary(times)["median_ms"])
+        row = benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir), scorer,
+                            call.names)
+        row["timed"] = "pipe(...) to latents" + (", prompt encoding included" if call.encodes_prompts else "")
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows)
+    return rows
