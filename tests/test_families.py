@@ -101,6 +101,53 @@ def test_streams_read_the_blocks_return_order():
     assert not Streams(FAMILIES["DiTTransformer2DModel"].make().transformer_blocks[0]).joint
 
 
+@pytest.mark.parametrize("name, order", [("FluxTransformer2DModel", "text_first"),
+                                         ("HunyuanImageTransformer2DModel", "image_first")])
+@pytest.mark.parametrize("granularity", ["attn", "block"])
+def test_entropy_of_a_joining_single_stream_block_reads_the_image_tokens(name, order, granularity, monkeypatch):
+    """A single-stream block that joins text and image tokens itself: H_t comes from the image tokens' rows of the
+    joined Q/K (the same values as the block's own projection of those rows), as joint attention's does."""
+    import dqar_lib.method.hooks as hooks
+    from dqar_lib.method.families import block_of, joined_order
+
+    spec, _, ts = _steps(name, 2)
+    model = spec.make()
+    singles = {i for i, (n, _) in enumerate(self_attention_modules(model)) if joined_order(block_of(model, n))}
+    assert singles and {joined_order(block_of(model, n)) for n, _ in self_attention_modules(model)} - {None} == {
+        ("encoder_hidden_states", "hidden_states") if order == "text_first" else ("hidden_states",
+                                                                                 "encoder_hidden_states")}
+    seen, joined, current = {}, {}, []
+    real_entropy, real_h = hooks._entropy, hooks.sampled_attention_entropy
+
+    def entropy(ctl, layer):  # which layer hands H_t over now
+        current[:] = [layer.index]
+        real_entropy(ctl, layer)
+
+    def h(q, k, *a):  # the Q that H_t is measured from, per layer
+        seen[current[0]] = q
+        return real_h(q, k, *a)
+
+    monkeypatch.setattr(hooks, "_entropy", entropy)
+    monkeypatch.setattr(hooks, "sampled_attention_entropy", h)
+    for i in singles:  # the joined (B, M + N, D) Q of each single-stream layer, as its to_q projected it
+        m = self_attention_modules(model)[i][1]
+        m.to_q.register_forward_hook(lambda _m, _i, out, i=i: joined.setdefault(i, out))
+    inputs = spec.inputs(ts[0])
+    apply_dqar(model, DQARConfig(granularity=granularity, collect_stats=True))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        remove_dqar(model)
+    M = inputs["encoder_hidden_states"].shape[1]
+    for i in singles:
+        T = joined[i].shape[1]
+        rows = slice(M, T) if order == "text_first" else slice(0, T - M)
+        assert seen[i].shape[1] == T - M and torch.equal(seen[i], joined[i][:, rows])
+    if name == "FluxTransformer2DModel":  # its dual-stream blocks' joint attention: the image tokens too
+        assert set(seen) - singles and all(seen[i].shape[1] == T - M for i in set(seen) - singles)
+
+
 class _Record:
     """Forward hooks recording each call's (hidden_states, encoder_hidden_states) and output."""
 

@@ -26,7 +26,10 @@ What is reused for the text tokens, per granularity:
   recomputed every step. A single-stream block (Flux's) projects text and image tokens together, so there both
   are reused.
 - H_t: from the Q/K that `to_q` / `to_k` project: in joint attention the image tokens only (the text tokens
-  go through `add_q_proj` / `add_k_proj`); in a single-stream block the joint sequence.
+  go through `add_q_proj` / `add_k_proj`); in a single-stream block that joins the streams itself (Flux's
+  `torch.cat([encoder_hidden_states, hidden_states], dim=1)`, read by `joined_order`) the image tokens' rows of
+  the joined Q/K; where the model joins them before the blocks (AuraFlow's, Chroma's single blocks), whose
+  tokens are not told apart in the block, the joint sequence.
 """
 
 from __future__ import annotations
@@ -117,6 +120,25 @@ def _returned_roles(fn) -> tuple[str, ...] | None:
             roles = tuple(_role(e.id) if isinstance(e, ast.Name) else "" for e in node.value.elts)
             if IMAGE in roles and TEXT in roles:
                 return roles
+    return None
+
+
+def joined_order(block: torch.nn.Module) -> tuple[str, str] | None:
+    """The order in which a single-stream block joins its streams into one sequence before attention, read from
+    its source (`torch.cat([encoder_hidden_states, hidden_states], dim=1)` -> (text, image): Flux); None if it
+    joins none."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(block).forward)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "cat" \
+                and node.args and isinstance(node.args[0], (ast.List, ast.Tuple)):
+            names = tuple(e.id if isinstance(e, ast.Name) else "" for e in node.args[0].elts)
+            dim = [k.value for k in node.keywords if k.arg == "dim"] + node.args[1:2]
+            if sorted(names) == sorted((IMAGE, TEXT)) and dim and isinstance(dim[0], ast.Constant) \
+                    and dim[0].value in (1, -2):
+                return names
     return None
 
 

@@ -23,6 +23,7 @@ from .families import (
     attention_streams,
     cfg_layout,
     family_refusal,
+    joined_order,
     no_self_attention,
     timestep_scale,
 )
@@ -42,6 +43,7 @@ class _Layer:
         self.q = self.k = None
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sig_in = self.sig_out = None  # "attn", "kv": the inputs of the last compute, the signature it stored
+        self.image_rows: tuple[slice, int] | None = None  # a joining single-stream block: image rows, all tokens
         self.handles: list = []
         self.patched: list[torch.nn.Module] = []
 
@@ -129,9 +131,11 @@ def _attach_stack(ctl: DQARController, layer: _Layer, block: torch.nn.Module, co
 def _entropy(ctl: DQARController, layer: _Layer) -> None:
     """Hand the controller H_t from the Q and K this layer just projected, if it captured them."""
     if layer.q is not None and layer.k is not None:
-        m, cfg = layer.module, ctl.config
-        ctl.set_entropy(layer.index, sampled_attention_entropy(layer.q, layer.k, m.heads, cfg.entropy_rows,
-                                                               cfg.entropy_heads, getattr(m, "scale", None)))
+        m, cfg, q, k = layer.module, ctl.config, layer.q, layer.k  # (B, T, heads * d) each
+        if layer.image_rows is not None and q.ndim == k.ndim == 3 and q.shape[1] == k.shape[1] == layer.image_rows[1]:
+            q, k = q[:, layer.image_rows[0]], k[:, layer.image_rows[0]]  # (B, N, heads * d): the image tokens
+        ctl.set_entropy(layer.index, sampled_attention_entropy(q, k, m.heads, cfg.entropy_rows, cfg.entropy_heads,
+                                                               getattr(m, "scale", None)))
     layer.q = layer.k = None
 
 
@@ -150,6 +154,22 @@ def _arguments(params: inspect.Signature, args: tuple, kwargs: dict) -> dict:
     return out
 
 
+def _image_rows(layer: _Layer, block: torch.nn.Module, order: tuple[str, str]):
+    """A pre-hook that records, for the block's joined sequence, the image tokens' rows and the token count."""
+    params = inspect.signature(block.forward)
+
+    def pre(_mod, args, kwargs):
+        bound = params.bind_partial(*args, **kwargs).arguments
+        image, text = bound.get("hidden_states"), bound.get("encoder_hidden_states")
+        if not (torch.is_tensor(image) and torch.is_tensor(text)):
+            layer.image_rows = None
+            return
+        N, M = image.shape[1], text.shape[1]
+        layer.image_rows = (slice(M, M + N) if order[0] == "encoder_hidden_states" else slice(0, N), N + M)
+
+    return pre
+
+
 def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | None, compile_fn) -> None:
     m, i, cfg = layer.module, layer.index, ctl.config
     orig = compile_fn(m.forward)  # the class's bound forward: the compute path (compiled on its own if asked)
@@ -165,6 +185,9 @@ def _attach_layer(ctl: DQARController, layer: _Layer, block: torch.nn.Module | N
 
     if hasattr(m, "to_q") and hasattr(m, "to_k"):  # H_t from the Q/K these project (families: which tokens)
         layer.handles += [m.to_q.register_forward_hook(capture_q), m.to_k.register_forward_hook(capture_k)]
+        order = joined_order(block) if block is not None else None
+        if order is not None:  # a block that joins text and image tokens itself: H_t on the image tokens' rows
+            layer.handles.append(block.register_forward_pre_hook(_image_rows(layer, block, order), with_kwargs=True))
     if cfg.granularity in ("block", "stack"):
         if block is None:
             raise ValueError(f"granularity={cfg.granularity!r} needs each self-attention inside a transformer block; "
