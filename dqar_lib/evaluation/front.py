@@ -129,7 +129,7 @@ def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor
 
 
 def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dpm=(10, 15, 20, 25),
-                  forecast_caps=((1, 2), (1, 3), (1, 4), (2, 4), (2, 5)),
+                  forecast_caps=((1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (2, 4), (2, 5)),
                   plans: dict | None = None) -> dict[str, tuple[str, tuple]]:
     """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
     DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
