@@ -22,6 +22,7 @@ QUANTIZATION_RESULTS = DATA / "calibration" / "quantization.json"  # 04_quantiza
 POLICY_EVAL = DATA / "policy" / "policy_eval.json"  # 05_policy
 ABLATIONS = DATA / "results" / "ablations.json"  # 06_schedule_ablations
 FRONT = DATA / "results" / "front.json"  # 09_forecast
+FID_SEEDS = DATA / "results" / "fid_seeds.json"  # evaluation.fid_seeds; 09_forecast reads it
 GPU_RESULTS = DATA / "results" / "gpu"  # 07_gpu_benchmarks
 
 

@@ -1,0 +1,56 @@
+"""Distribution quality over seeds (evaluation.fid_seeds): rows per (seed, entry), resume, spread, bad entries."""
+
+import pytest
+import torch
+
+from dqar_lib.artifacts import read_result
+from dqar_lib.evaluation import fid_seeds
+
+
+def _fake_quality(calls):
+    def quality(model, method, reference, steps, scheduler, per_class, seed, classifier):
+        calls.append((method, steps, scheduler, seed))
+        return dict(class_accuracy=0.5 + seed / 1000, proxy_fid=float(seed + steps), quality_n=10 * per_class)
+    return quality
+
+
+def test_rows_are_seed_major_and_done_pairs_are_not_sampled_again(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fid_seeds, "distribution_quality", _fake_quality(calls))
+    entries = {"full": (None, 50), "DPM-Solver-20": (None, 20, "dpm")}
+    done = [dict(entry="full", seed=1, class_accuracy=0.9, proxy_fid=3.0, quality_n=20)]
+    seen = []
+    rows = fid_seeds.quality_rows(None, entries, torch.zeros(2, 3, 4, 4), 2, [1, 2], done, seen.append,
+                                  classifier=object(), progress=False)
+    assert [(r["entry"], r["seed"]) for r in rows] == [("full", 1), ("DPM-Solver-20", 1), ("full", 2),
+                                                       ("DPM-Solver-20", 2)]
+    assert calls == [(None, 20, "dpm", 1), (None, 50, "ddim", 2), (None, 20, "dpm", 2)]
+    assert rows[0] is done[0] and len(seen) == 3
+    s = fid_seeds.spread(rows)
+    assert list(s.index) == ["full", "DPM-Solver-20"] and (s.seeds == 2).all()
+    assert s.loc["full", "fid_min"] == 3.0 and s.loc["full", "fid_max"] == 52.0 and s.loc["full", "fid_median"] == 27.5
+    assert s.loc["DPM-Solver-20", "acc_median"] == pytest.approx(0.5015)
+
+
+def test_main_writes_a_manifest_and_resumes(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(fid_seeds, "distribution_quality", _fake_quality(calls))
+    monkeypatch.setattr("dqar_lib.models.data.load_cifar10", lambda split: (torch.zeros(2, 4, 4, 3).byte().numpy(),
+                                                                             None))
+    monkeypatch.setattr("dqar_lib.evaluation.classifier.load_classifier", lambda: object())
+    out = tmp_path / "q.json"
+    argv = ["--entries", "full", "DDIM-20", "--per-class", "1", "--seeds", "3", "--out", str(out), "--quiet"]
+    fid_seeds.main(argv)
+    res = read_result(out)
+    assert res["result"]["complete"] and len(res["result"]["rows"]) == 2 and res["manifest"]["params"]["seeds"] == [3]
+    fid_seeds.main(argv[:-4] + ["3", "4", "--out", str(out), "--quiet"])  # one more seed: its rows only
+    fid_seeds.main(argv[:-4] + ["3", "4", "--out", str(out), "--quiet"])  # the same again: nothing sampled
+    assert len(calls) == 2 + 2 and len(read_result(out)["result"]["rows"]) == 4
+    fid_seeds.main(argv[:4] + ["2", "--seeds", "3", "--out", str(out), "--quiet"])  # other samples: all again
+    assert len(calls) == 4 + 2 and len(read_result(out)["result"]["rows"]) == 2
+
+
+def test_unknown_entries_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fid_seeds.main(["--entries", "full", "SeaCache 9", "--out", str(tmp_path / "q.json")])
+    assert "unknown entries ['SeaCache 9']" in capsys.readouterr().err
