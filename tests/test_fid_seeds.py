@@ -8,7 +8,7 @@ from dqar_lib.evaluation import fid_seeds
 
 
 def _fake_quality(calls):
-    def quality(model, method, reference, steps, scheduler, per_class, seed, classifier):
+    def quality(model, method, reference, steps, scheduler, per_class, seed, classifier, chunk):
         calls.append((method, steps, scheduler, seed))
         return dict(class_accuracy=0.5 + seed / 1000, proxy_fid=float(seed + steps), quality_n=10 * per_class)
     return quality
@@ -54,3 +54,24 @@ def test_unknown_entries_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fid_seeds.main(["--entries", "full", "SeaCache 9", "--out", str(tmp_path / "q.json")])
     assert "unknown entries ['SeaCache 9']" in capsys.readouterr().err
+
+
+def test_chunks_keep_the_label_order_on_strided_seeds(monkeypatch):
+    from types import SimpleNamespace
+
+    from dqar_lib.evaluation import classifier, front, metrics
+
+    calls = []
+
+    def run(model, method, labels, num_steps, scheduler, seed, progress):
+        calls.append((list(labels), seed))
+        return SimpleNamespace(images=torch.tensor(labels, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 3, 2, 2))
+
+    got = {}
+    monkeypatch.setattr(front, "run_method", run)
+    monkeypatch.setattr(classifier, "class_accuracy", lambda imgs, labels, c: got.update(imgs=imgs, labels=labels))
+    monkeypatch.setattr(metrics, "proxy_fid", lambda imgs, ref, c: 0.0)
+    q = front.distribution_quality(None, None, None, 5, "ddim", per_class=2, seed=7, classifier=object(), chunk=8)
+    assert [s for _, s in calls] == [7, 7 + 7919, 7 + 2 * 7919] and [len(lab) for lab, _ in calls] == [8, 8, 4]
+    assert got["imgs"][:, 0, 0, 0].tolist() == got["labels"] == [c for c in range(10) for _ in range(2)]
+    assert q["quality_n"] == 20

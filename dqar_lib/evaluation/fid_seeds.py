@@ -4,7 +4,7 @@
         --per-class 100 --seeds 100 101 102            # writes data/results/fid_seeds.json
 
 The front (notebook 09) measures every entry on 100 samples and one seed; this measures a few entries on
-`10 * per_class` samples (class-major labels, one sampling call each, as `front.distribution_quality`) for each
+`10 * per_class` samples (class-major labels, 100 a sampling call, `front.distribution_quality`) for each
 seed, against the CIFAR-10 test set. Entries are named as in `front.front_entries` (fitted plans need a fit and
 are not among them). The file (a manifest and one row per (seed, entry)) is rewritten after each row; a run at the
 same samples and steps resumes from it (more seeds or entries add rows); `spread` summarises the rows per entry.
@@ -24,9 +24,11 @@ from .front import distribution_quality, front_entries
 
 
 def quality_rows(model, entries: dict[str, tuple], reference: torch.Tensor, per_class: int, seeds: list[int],
-                 done: list[dict] | None = None, on_row=None, classifier=None, progress: bool = True) -> list[dict]:
+                 done: list[dict] | None = None, on_row=None, classifier=None, chunk: int | None = 100,
+                 progress: bool = True) -> list[dict]:
     """Rows (entry, seed, class_accuracy, proxy_fid, quality_n) for every seed x entry, seed-major, so that an
-    interrupted run holds whole seeds first; pairs already in `done` are kept and not sampled again."""
+    interrupted run holds whole seeds first; pairs already in `done` are kept and not sampled again. Each run
+    samples `chunk` labels a call (`distribution_quality`)."""
     from .classifier import load_classifier
 
     classifier = classifier if classifier is not None else load_classifier()
@@ -36,7 +38,7 @@ def quality_rows(model, entries: dict[str, tuple], reference: torch.Tensor, per_
     for seed, name in tqdm(todo, desc="quality", disable=not progress):
         method, steps, *sched = entries[name]
         q = distribution_quality(model, method, reference, steps, sched[0] if sched else "ddim", per_class, seed,
-                                 classifier)
+                                 classifier, chunk)
         rows.append(dict(entry=name, seed=seed, **q))
         if on_row is not None:
             on_row(rows)
@@ -62,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=100, help="samples per class and seed (10 classes)")
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--chunk", type=int, default=100, help="labels per sampling call")
     p.add_argument("--out", type=Path, default=FID_SEEDS, help=f"default {FID_SEEDS.relative_to(FID_SEEDS.parents[2])}")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -74,17 +77,17 @@ def main(argv: list[str] | None = None) -> Path:
     bad = [n for n in a.entries if n not in known]
     if bad:
         p.error(f"unknown entries {bad}; known: {', '.join(known)}")
-    if a.per_class < 1 or any(s < 0 for s in a.seeds):
-        p.error(f"--per-class must be >= 1 and seeds >= 0, got {a.per_class} and {a.seeds}")
+    if a.per_class < 1 or a.chunk < 1 or any(s < 0 for s in a.seeds):
+        p.error(f"--per-class and --chunk must be >= 1 and seeds >= 0, got {a.per_class}, {a.chunk} and {a.seeds}")
     from ..models.data import load_cifar10
     from ..models.zoo import load_model
 
-    params = dict(entries=a.entries, per_class=a.per_class, seeds=a.seeds, steps=a.steps,
+    params = dict(entries=a.entries, per_class=a.per_class, seeds=a.seeds, steps=a.steps, chunk=a.chunk,
                   threads=torch.get_num_threads())
     done = []
     if a.out.is_file():  # resume: the rows of a run at the same samples and steps, for the entries and seeds asked
         old = read_result(a.out)
-        if all(old["manifest"]["params"].get(k) == params[k] for k in ("per_class", "steps")):
+        if all(old["manifest"]["params"].get(k) == params[k] for k in ("per_class", "steps", "chunk")):
             done = [r for r in old["result"]["rows"] if r["entry"] in a.entries and r["seed"] in a.seeds]
     x_test, _ = load_cifar10("test")
     reference = torch.from_numpy(x_test).permute(0, 3, 1, 2).float() / 255  # (10000, 3, 32, 32)
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> Path:
     def write(rows, complete=False):
         write_result(a.out, dict(rows=rows, complete=complete), params=params)
 
-    rows = quality_rows(load_model(), want, reference, a.per_class, a.seeds, done, write, progress=not a.quiet)
+    rows = quality_rows(load_model(), want, reference, a.per_class, a.seeds, done, write, chunk=a.chunk,
+                        progress=not a.quiet)
     write(rows, complete=True)
     print(spread(rows).round(3).to_string())
     return a.out

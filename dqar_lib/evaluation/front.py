@@ -114,16 +114,24 @@ def _forecast_entry(a: int, b: int) -> str:
 
 
 def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor, num_steps: int = 50,
-                         scheduler: str = "ddim", per_class: int = 10, seed: int = 100, classifier=None) -> dict:
+                         scheduler: str = "ddim", per_class: int = 10, seed: int = 100, classifier=None,
+                         chunk: int | None = None) -> dict:
     """Class accuracy and proxy FID (N = 10 * per_class, against `reference` images, e.g. CIFAR-10 test) of a
-    method's samples, class-major labels on one seed (`run_method`, so any method or full compute)."""
+    method's samples, class-major labels on one seed (`run_method`, so any method or full compute).
+
+    `chunk` samples the labels `chunk` at a time (a batch that stays in cache; None: all in one call), chunk k on
+    seed `seed + 7919 * k` (a prime stride, so that runs on nearby seeds never share a chunk's noise)."""
     from .classifier import class_accuracy, class_major, load_classifier
     from .metrics import proxy_fid
 
     classifier = classifier if classifier is not None else load_classifier()
     labels = class_major(10, per_class)
-    imgs = run_method(model, method, labels, num_steps=num_steps, scheduler=scheduler, seed=seed,
-                      progress=False).images
+    step = len(labels) if chunk is None else int(chunk)
+    if step < 1:
+        raise ValueError(f"chunk must be >= 1 (or None), got {chunk!r}")
+    imgs = torch.cat([run_method(model, method, labels[i:i + step], num_steps=num_steps, scheduler=scheduler,
+                                 seed=seed + 7919 * (i // step), progress=False).images
+                      for i in range(0, len(labels), step)])  # (N, 3, H, W)
     return dict(class_accuracy=class_accuracy(imgs, labels, classifier),
                 proxy_fid=proxy_fid(imgs, reference, classifier), quality_n=len(labels))
 
