@@ -20,10 +20,9 @@ def tiny_pipeline(name: str):
         with dqar_lib.dqar(pipe, "always"):
             latents = pipe(**kwargs, num_inference_steps=4).images
     """
-    import diffusers
-
     if name not in _TRANSFORMER:
         raise ValueError(f"no tiny pipeline {name!r}; known: {', '.join(_TRANSFORMER)}")
+    diffusers = _quiet_diffusers()
     spec = FAMILIES[_TRANSFORMER[name]]
     g = torch.Generator().manual_seed(2)
     parts = dict(transformer=spec.make(), scheduler=spec.scheduler(), vae=_tiny_vae(shift_factor=0.0).eval(),
@@ -39,3 +38,18 @@ def tiny_pipeline(name: str):
         emb.update(height=32, width=32)
     pipe.set_progress_bar_config(disable=True)
     return pipe, emb
+
+
+def _quiet_diffusers():
+    """diffusers with its pipeline classes imported while transformers' logging is at errors only: importing them
+    loads image processors that warn on stderr when torchvision is missing (the book fails on stderr)."""
+    import diffusers
+    from transformers.utils import logging as tlog
+
+    prev = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        diffusers.StableDiffusion3Pipeline, diffusers.FluxPipeline  # noqa: B018 (the lazy import)
+    finally:
+        tlog.set_verbosity(prev)
+    return diffusers
