@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"unknown entries {bad}; known: {', '.join(known)}")
     if a.per_class < 1 or a.chunk < 1 or any(s < 0 for s in a.seeds):
         p.error(f"--per-class and --chunk must be >= 1 and seeds >= 0, got {a.per_class}, {a.chunk} and {a.seeds}")
-    from ..models.data import load_cifar10
+    from ..models.data import fid_reference
     from ..models.zoo import load_model
 
     params = dict(entries=a.entries, per_class=a.per_class, seeds=a.seeds, steps=a.steps, chunk=a.chunk,
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> Path:
         old = read_result(a.out)
         if all(old["manifest"]["params"].get(k) == params[k] for k in ("per_class", "steps", "chunk")):
             done = [r for r in old["result"]["rows"] if r["entry"] in a.entries and r["seed"] in a.seeds]
-    x_test, _ = load_cifar10("test")
-    reference = torch.from_numpy(x_test).permute(0, 3, 1, 2).float() / 255  # (10000, 3, 32, 32)
+    reference = fid_reference()  # (10000, 3, 32, 32)
     want = {n: known[n] for n in a.entries}
 
     def write(rows, complete=False):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..method.hooks import dqar
 from ..models.sampling import SampleResult
-from .bench import _time_once, summary
+from .bench import _check_counts, _time_once, summary
 from .benchmark import benchmark_row, slug
 from .methods import DQARMethod, as_method
 
@@ -88,8 +88,7 @@ def run_pipeline_benchmark(pipe, call: PipelineCall, methods: dict, out_dir: str
     gives, from `max(warmup, 1)` untimed runs (the first returns the images) and `repeats` timed ones."""
     if not methods:
         raise ValueError("run_pipeline_benchmark needs at least one method")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    _check_counts(warmup, repeats)
     methods = {name: as_method(m) for name, m in methods.items()}
     peers = [name for name, m in methods.items() if m is not None and not isinstance(m, DQARMethod)]
     if peers:

@@ -59,6 +59,12 @@ def load_cifar10(split: str = "train", archive: Path | str = ARCHIVE) -> tuple[n
     return x, y
 
 
+def fid_reference(split: str = "test") -> torch.Tensor:
+    """The CIFAR-10 images that proxy FID compares samples against: float32 (N, 3, 32, 32) in [0, 1]."""
+    x, _ = load_cifar10(split)  # (N, 32, 32, 3) uint8
+    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+
+
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
