@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -13,13 +14,16 @@ from .method.files import REPO_ROOT, atomic_write
 
 
 def git_commit() -> str:
+    """HEAD's commit ("-dirty" with uncommitted changes to tracked files); where there is no git checkout (a copy
+    of the tree on another machine), the DQAR_COMMIT environment variable, else "unknown"."""
+    fallback = os.environ.get("DQAR_COMMIT", "unknown")
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else fallback
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def device_name(device: str | None = None) -> str:

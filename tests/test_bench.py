@@ -241,8 +241,8 @@ def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
     res = read_result(tmp_path / "tiny-pixart-eager.json")
     rows = {r["method"]: r for r in res["result"]["rows"]}
     assert rows["full"]["psnr"] is None and rows["full"]["latent_rel_l2"] == 0  # latents only: no VAE
-    assert rows["gates"]["reuse_fraction"] > 0 and rows["gates"]["latent_rel_l2"] > 0
-    assert rows["gates"]["flops_ratio"] > 1 and rows["full"]["attention_ceiling"] > 1  # FLOPs count the captions
+    assert rows["gates, attn"]["reuse_fraction"] > 0 and rows["gates, attn"]["latent_rel_l2"] > 0
+    assert rows["gates, attn"]["flops_ratio"] > 1 and rows["full"]["attention_ceiling"] > 1  # FLOPs count the captions
     assert (tmp_path / "tiny-pixart-compiled.json").is_file()
 
 
@@ -274,3 +274,52 @@ def test_compiled_run_that_would_fall_back_to_eager_is_refused(monkeypatch):
         bench_sampling(model, [0, 1], {"full": None}, num_steps=2, repeats=1, warmup=0, compile=True,
                        compile_options=dict(backend="eager"), progress=False)
     assert torch._dynamo.config.recompile_limit == 8  # the patch is undone
+
+
+def test_bench_collects_a_failing_method_and_times_the_rest(dit):
+    from dqar_lib.evaluation.bench import bench_sampling
+    from dqar_lib.evaluation.methods import Method
+
+    class Broken(Method):
+        name, params = "broken", {}
+
+        def apply(self, model):
+            raise RuntimeError("no kernel for this dtype")
+
+        def remove(self, model):
+            pass
+
+    configs = {"full": None, "broken": Broken(), "dqar": "dqar"}
+    errors = {}
+    rows = bench_sampling(dit, [0], configs, num_steps=3, repeats=1, warmup=0, progress=False, errors=errors)
+    assert [r["method"] for r in rows] == ["full", "dqar"]
+    assert errors == {"broken": "RuntimeError: no kernel for this dtype"}
+    with pytest.raises(RuntimeError, match="no kernel for this dtype"):
+        bench_sampling(dit, [0], configs, num_steps=3, repeats=1, warmup=0, progress=False)
+
+
+def test_cuda_graph_baseline_refuses_a_cpu_model_and_leaves_it_unpatched(dit):
+    from dqar_lib.evaluation.graphed import CUDAGraphFull
+
+    with pytest.raises(ValueError, match="needs a model on a CUDA device; this one is on cpu"):
+        CUDAGraphFull().apply(dit)
+    assert "forward" not in vars(dit)
+    with pytest.raises(ValueError, match="warmup must be a positive integer"):
+        CUDAGraphFull(warmup=0)
+
+
+def test_gpu_bench_replays_the_fronts_fitted_plans_at_any_depth():
+    from dqar_lib.artifacts import read_result
+    from dqar_lib.evaluation.gpu_bench import PLAN_BUDGETS, methods, replayed_plans
+    from dqar_lib.method.files import FRONT
+
+    plans = replayed_plans(28)
+    assert list(plans) == [f"DQAR plan {b:.2f}" for b in PLAN_BUDGETS]
+    skip = read_result(FRONT)["result"]["plans"]["0.56"]["skip"]
+    cfg = plans["DQAR plan 0.56"]
+    assert cfg.granularity == "stack" and len(cfg.static_plan) == len(skip) == 50
+    assert all(row == (s,) * 28 for row, s in zip(cfg.static_plan, skip))
+    assert replayed_plans(28, path="/nonexistent/front.json") == {}
+    assert "DQAR plan 0.56" in methods(False, (), 28, steps=50)
+    assert "DQAR plan 0.56" not in methods(False, (), 28, steps=20)
+    assert "full, CUDA graph" in methods(False, (), 28, graphs=True) and "full, CUDA graph" not in methods(False)

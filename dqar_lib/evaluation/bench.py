@@ -191,7 +191,7 @@ def _run_flops(model, batch: int, method: Method | None, stats: dict, text_token
 def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int = 20, scheduler: str = "ddim",
                    guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, warmup: int = 1,
                    compile: bool = False, compile_options: dict | None = None, progress: bool = True,
-                   prompt_embeds: torch.Tensor | None = None) -> list[dict]:
+                   prompt_embeds: torch.Tensor | None = None, errors: dict | None = None) -> list[dict]:
     """Time `dqar_lib.sample` for each named method: a DQARConfig, a preset name, None for full compute, or a
     Method (dqar_lib.evaluation.methods; e.g. dqar_lib.evaluation.peers.PEERS[...](),
     dqar_lib.evaluation.ptq.W8A8Peer()), prepared once and applied per run.
@@ -206,6 +206,9 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
     (`apply_dqar(compile=True)`); undone afterwards, torch._dynamo's skip_nnmodule_hook_guards included. A compiled
     benchmark resets dynamo's cache first and fails, naming the method, where a run would exceed its recompile limit
     (dynamo would fall back to eager without a word); each row's `compiled_graphs` counts the graphs it compiled.
+    `errors`: None (the default) raises on the first method that fails; a dict instead collects
+    name -> "ExceptionType: message" for each method (other than the first, the baseline) that fails, leaves it
+    out of the rows and times the rest (one broken kernel must not cost a GPU run's other rows).
     """
     if not configs:
         raise ValueError(f"configs must name at least one method, got {configs!r}")
@@ -236,15 +239,25 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
         bar = tqdm(total=(warmup + repeats) * len(methods), desc="bench", disable=not progress, leave=False)
         for r in range(warmup + repeats):
             for name, method in methods.items():
+                if errors is not None and name in errors:
+                    continue
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 before = _dynamo_graphs()
                 try:
                     ms, results[name] = time_method(model, method, labels, kwargs, dev, blocks, compiled,
                                                     compile_options)
-                except torch._dynamo.exc.FailOnRecompileLimitHit as e:
-                    raise RuntimeError(f"the compiled run of {name!r} hit dynamo's recompile limit ({e}); a compiled "
-                                       "row that fell back to eager is not reported") from e
+                except Exception as e:
+                    why = e
+                    if isinstance(e, torch._dynamo.exc.FailOnRecompileLimitHit):
+                        why = RuntimeError(f"the compiled run of {name!r} hit dynamo's recompile limit ({e}); a "
+                                           "compiled row that fell back to eager is not reported")
+                    if errors is None or name == next(iter(methods)):
+                        if why is e:
+                            raise
+                        raise why from e
+                    errors[name] = f"{type(why).__name__}: {why}"
+                    continue
                 graphs[name] += _dynamo_graphs() - before
                 if r >= warmup:
                     times[name].append(ms)
@@ -252,6 +265,7 @@ def bench_sampling(model: torch.nn.Module, labels, configs: dict, num_steps: int
                         peak[name] = max(peak[name] or 0, torch.cuda.max_memory_allocated(dev))
                 bar.update()
         bar.close()
+    methods = {k: v for k, v in methods.items() if errors is None or k not in errors}
     rows = _rows(model, n, methods, times, results, peak, num_steps, guidance, compile, text_tokens)
     for r in rows:
         r["compiled_graphs"] = graphs[r["method"]] if compile else None

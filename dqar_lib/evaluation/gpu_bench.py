@@ -11,14 +11,17 @@ Each model gets two runs in this process, eager and compiled, each against its o
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
 
 from ..method.config import DQARConfig
+from ..method.files import FRONT
 from ..models.sampling import is_text_conditioned
 from ..models.zoo import REAL_MODELS, load_model, random_real, tiny_dit, tiny_pixart
 from .bench import bench_sampling, write_bench
+from .graphed import CUDAGraphFull
 from .lowbit import TorchaoPeer
 from .peers import PEERS
 
@@ -26,6 +29,7 @@ DIT_MODELS = [m for m in REAL_MODELS if "DiT-XL" in m]
 BENCH_MODELS = DIT_MODELS + [m for m in REAL_MODELS if "PixArt-Sigma" in m]
 TINY = {"tiny": tiny_dit, "tiny-pixart": tiny_pixart}  # random test models: the harness on a CPU
 CAPTION_TOKENS = 300  # PixArt-Σ's caption length
+PLAN_BUDGETS = (0.5, 0.56, 0.66)  # 09's fitted plans replayed: its lowest budget, its bar point, its highest
 DEFAULT_BATCH = {"PixArt": 4}  # images per call where 16 would not fit a 10-minute GPU command; others 16
 
 
@@ -42,18 +46,45 @@ def conditions(model, batch: int, device: str) -> dict:
     return dict(labels=None, prompt_embeds=emb.to(device, next(model.parameters()).dtype))
 
 
-def methods(peers: bool, lowbit: tuple[str, ...] = ()) -> dict:
-    """Full compute, the all-attention-reused ceiling, DQAR's variants (the "dqar" preset's stack forecast, per
-    block too, and the gate preset's), the static plan, torchao's real low-bit
-    kernels (`lowbit` modes), and diffusers' peers."""
+def replayed_plans(num_layers: int, path: str | Path = FRONT, budgets=None) -> dict:
+    """The fitted stack plans of notebook 09's front (`path`; `budgets` default PLAN_BUDGETS), replayed on a model
+    of `num_layers` blocks: name -> config. A plan is a skip list over the steps (every layer shares it), so it maps
+    to any depth; it is served with a linear forecast (the forecast weights 09 fitted belong to the embedded
+    model). Their quality is the embedded model's at the same plan (front.json); here they only time that plan.
+    {} when the file is absent."""
+    from ..artifacts import read_result
+    from ..fitting.plan_fit import BASE
+
+    if not Path(path).is_file():
+        return {}
+    plans = read_result(path)["result"]["plans"]
+    out = {}
+    for b in PLAN_BUDGETS if budgets is None else budgets:
+        key = f"{b:.2f}"
+        if key in plans:
+            skip = plans[key]["skip"]
+            out[f"DQAR plan {key}"] = BASE.replace(static_plan=tuple(tuple([bool(s)] * num_layers) for s in skip))
+    return out
+
+
+def methods(peers: bool, lowbit: tuple[str, ...] = (), num_layers: int | None = None, graphs: bool = False,
+            steps: int = 50) -> dict:
+    """Full compute (and, with `graphs`, full compute replayed from CUDA graphs: the strongest baseline), the
+    all-attention-reused ceiling, DQAR's variants (the "dqar" preset's stack forecast, per block too, attention
+    reuse under the gate preset), 09's fitted plans replayed at `num_layers` when `steps` is theirs (50), the
+    static plan, torchao's real low-bit kernels (`lowbit` modes), and diffusers' peers."""
     P = DQARConfig.preset
     gates = dict(tau=1.0, snr_lo=0.0)  # random weights: the gates carry no signal, the schedule decides
-    out = {"full": None, "all attention reused (ceiling)": "always",
-           "dqar": "dqar", "dqar, per block": P("dqar", granularity="block"),
-           "gates": P("gates", **gates), "gates + CFG sharing": P("gates", cfg_share=True, **gates),
-           "gates, attn": P("gates", granularity="attn", **gates),
-           "gates, attn + CFG sharing": P("gates", granularity="attn", cfg_share=True, **gates),
-           "static (DiTFastAttn-style)": "static"}
+    out = {"full": None}
+    if graphs:
+        out["full, CUDA graph"] = CUDAGraphFull()
+    out |= {"all attention reused (ceiling)": "always",
+            "dqar": "dqar", "dqar, per block": P("dqar", granularity="block")}
+    if num_layers is not None and steps == 50:
+        out |= replayed_plans(num_layers)
+    out |= {"gates, attn": P("gates", granularity="attn", **gates),
+            "gates, attn + CFG sharing": P("gates", granularity="attn", cfg_share=True, **gates),
+            "static (DiTFastAttn-style)": "static"}
     out.update({f"torchao {mode}": TorchaoPeer(mode) for mode in lowbit})
     if peers:
         out.update({f"diffusers {k}": PEERS[k]() for k in ("pab", "fbc")})
@@ -72,9 +103,39 @@ def usable_lowbit(model, device: str) -> tuple[tuple[str, ...], dict[str, str]]:
     return tuple(ok), skipped
 
 
+def gpu_facts(device: str) -> dict:
+    """The GPU's driver and CUDA versions and torchao's, for the manifest ({} off CUDA)."""
+    if device != "cuda":
+        return {}
+    import importlib.metadata
+    import subprocess
+
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        driver = "unknown"
+    try:
+        torchao = importlib.metadata.version("torchao")
+    except importlib.metadata.PackageNotFoundError:
+        torchao = None
+    return dict(gpu=torch.cuda.get_device_name(), driver=driver, cuda=torch.version.cuda, torchao=torchao)
+
+
+def _bench(model, cond: dict, configs: dict, steps: int, repeats: int, compiled: bool, device: str,
+           errors: dict) -> list[dict]:
+    return bench_sampling(model, cond["labels"], configs, num_steps=steps, guidance_scale=1.5, repeats=repeats,
+                          compile=compiled, compile_options={} if device == "cuda" else {"backend": "eager"},
+                          prompt_embeds=cond.get("prompt_embeds"), errors=errors)
+
+
 def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: int, device: str,
         hub: bool) -> list[Path]:
-    """Benchmark each model, eager then compiled, writing one JSON per run; `batch` None: per-model default."""
+    """Benchmark each model, eager then compiled, writing one JSON per run as it ends; `batch` None: per-model
+    default. A method that fails (a kernel this GPU lacks, a recompile limit) is left out of its run's rows, and
+    the file's `left_out` names it and why."""
+    from ..method.hooks import self_attention_modules
+
     written = []
     for name in models:
         if name in TINY:
@@ -87,14 +148,18 @@ def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: in
         cond = conditions(model, n, device)
         lowbit, skipped = usable_lowbit(model, device)
         for compiled in (False, True):
-            rows = bench_sampling(model, cond["labels"], methods(not compiled, lowbit), num_steps=steps,
-                                  guidance_scale=1.5, repeats=repeats, compile=compiled,
-                                  compile_options={} if device == "cuda" else {"backend": "eager"},
-                                  prompt_embeds=cond.get("prompt_embeds"))
+            t0 = time.perf_counter()
+            configs = methods(not compiled, lowbit, len(self_attention_modules(model)), device == "cuda", steps)
+            left_out = {}  # methods that failed here: name -> why (their rows are left out)
+            rows = _bench(model, cond, configs, steps, repeats, compiled, device, left_out)
+            for k, why in left_out.items():
+                print(f"{name} compiled={compiled}: {k!r} left out: {why}", flush=True)
             tag = f"{name.split('/')[-1]}-{'compiled' if compiled else 'eager'}"
             written.append(write_bench(out / f"{tag}.json", rows, dict(
                 model=name, weights=weights, batch=n, steps=steps, repeats=repeats, guidance_scale=1.5,
-                compiled=compiled, dtype=str(next(model.parameters()).dtype), lowbit_skipped=skipped)))
+                compiled=compiled, dtype=str(next(model.parameters()).dtype), lowbit_skipped=skipped,
+                left_out=left_out, wall_s=time.perf_counter() - t0, **gpu_facts(device))))
+            print(f"{tag}: {len(rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
