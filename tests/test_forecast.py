@@ -56,6 +56,27 @@ def test_delta_mode_keeps_an_fp16_base_and_int8_deltas():
     assert c.nbytes == 3 * 8 * 2 + 3 * 8 + 8 * 4  # fp16 base, int8 delta and its (C,) fp32 scale
 
 
+@pytest.mark.parametrize("mode", ["delta", "int8_channel"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_a_delta_coded_history_serves_a_model_of_any_dtype(mode, dtype):
+    """An fp16 model's delta-coded history keeps its fp16 signature through deltas and re-bases (on the GPU run
+    the delta's float32 signature refused every reuse after a layer's second compute as "invalidated")."""
+    c, x = ReuseCache(), torch.randn(3, 8, dtype=dtype)
+    for a in range(5):  # past depth: the oldest compute is folded into a new base
+        c.store((0, "res"), x + 0.01 * a, mode, at=float(a), depth=2)
+        assert c.status((0, "res"), signature(x)) == "ok" and c.depth((0, "res")) == min(a + 1, 2)
+    assert c.invalidated == 0 and c.get((0, "res"), at=5.0).dtype == dtype
+
+
+def test_an_fp16_model_reuses_as_planned_under_the_delta_cache():
+    from dqar_lib.models.zoo import tiny_dit
+
+    plan = tuple((s >= 2 and s % 3 != 0,) * 3 for s in range(12))  # 7 of 12 steps reuse the stack
+    cfg = DQARConfig.preset("dqar", static_plan=plan, collect_stats=True)
+    res = sample(tiny_dit().half(), [1, 2], num_steps=12, seed=0, progress=False, dqar=cfg)
+    assert res.stats["invalidated"] == 0 and res.stats["reuse_fraction"] == pytest.approx(7 / 12)
+
+
 def test_history_restarts_when_the_signature_changes_and_counts_in_the_budget():
     c = ReuseCache(budget_bytes=3 * 8 * 4 * 2)
     c.store((0, "out"), torch.randn(3, 8), "fp32", at=0.0, depth=3)

@@ -133,7 +133,8 @@ def time_method(model, method: Method | None, labels, kwargs: dict, dev, blocks=
 
     Compiled runs: full compute and peers run with whole blocks compiled; DQAR compiles only its compute
     paths (regional compile in apply_dqar), so its Python decisions never enter a graph. A method other than
-    DQAR reports no reuse of its own: its skipped attention and feed-forward calls are counted instead.
+    DQAR reports no reuse of its own: its skipped attention and feed-forward calls are counted instead (except
+    where it `replays_graphs`: a CUDA-graph replay runs no hooks, and full compute reuses nothing).
     """
     dqar = isinstance(method, DQARMethod)
     _set_block_compile(blocks, None if dqar else compiled)
@@ -141,7 +142,8 @@ def time_method(model, method: Method | None, labels, kwargs: dict, dev, blocks=
     ms = []
 
     def timed(run):
-        counter = _CallCounter(model) if method is not None and not dqar else None
+        counts = method is not None and not dqar and not getattr(method, "replays_graphs", False)
+        counter = _CallCounter(model) if counts else None  # a graph replay runs no hooks: nothing to count
         try:
             t, res = _time_once(run, dev)
         finally:

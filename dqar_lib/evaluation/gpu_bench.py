@@ -122,6 +122,16 @@ def gpu_facts(device: str) -> dict:
     return dict(gpu=torch.cuda.get_device_name(), driver=driver, cuda=torch.version.cuda, torchao=torchao)
 
 
+def _only(configs: dict, only: list[str] | None) -> dict:
+    """`configs` cut to full compute and the methods named in `only` (None: all); a name it lacks is refused."""
+    if only is None:
+        return configs
+    unknown = [k for k in only if k not in configs]
+    if unknown:
+        raise ValueError(f"--methods names {unknown}, which this run does not have; it has {list(configs)}")
+    return {k: v for k, v in configs.items() if k == "full" or k in only}
+
+
 def _bench(model, cond: dict, configs: dict, steps: int, repeats: int, compiled: bool, device: str,
            errors: dict) -> list[dict]:
     return bench_sampling(model, cond["labels"], configs, num_steps=steps, guidance_scale=1.5, repeats=repeats,
@@ -130,7 +140,7 @@ def _bench(model, cond: dict, configs: dict, steps: int, repeats: int, compiled:
 
 
 def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: int, device: str,
-        hub: bool) -> list[Path]:
+        hub: bool, only: list[str] | None = None, modes: tuple[str, ...] = ("eager", "compiled")) -> list[Path]:
     """Benchmark each model, eager then compiled, writing one JSON per run as it ends; `batch` None: per-model
     default. A method that fails (a kernel this GPU lacks, a recompile limit) is left out of its run's rows, and
     the file's `left_out` names it and why."""
@@ -146,10 +156,12 @@ def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: in
             model, weights = random_real(name, torch.float16).to(device), "random (hub not reachable)"
         n = batch or default_batch(name)
         cond = conditions(model, n, device)
-        lowbit, skipped = usable_lowbit(model, device)
-        for compiled in (False, True):
+        lowbit, skipped = usable_lowbit(model, device) if only is None or any("torchao" in k for k in only) \
+            else ((), {})  # trying torchao's modes quantizes the model: only when one is asked for
+        for compiled in [m == "compiled" for m in modes]:
             t0 = time.perf_counter()
             configs = methods(not compiled, lowbit, len(self_attention_modules(model)), device == "cuda", steps)
+            configs = _only(configs, only)
             left_out = {}  # methods that failed here: name -> why (their rows are left out)
             rows = _bench(model, cond, configs, steps, repeats, compiled, device, left_out)
             for k, why in left_out.items():
@@ -168,7 +180,8 @@ def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: in
 
 def load_results(folder: str | Path):
     """Every benchmark file in `folder` as one DataFrame: a row per (file, method), with the file's model,
-    weights, compiled flag and device from its manifest. Empty (no rows) when the folder holds none."""
+    weights, compiled flag and device from its manifest. Empty (no rows) when the folder holds none. The CUDA-graph
+    baseline is full compute: its reuse is 0 and its FLOPs ratio 1 whatever an older file counted."""
     import pandas as pd
 
     from ..artifacts import read_result
@@ -179,7 +192,13 @@ def load_results(folder: str | Path):
         params, rows = res["manifest"]["params"], res["result"]["rows"]
         frames.append(pd.DataFrame(rows).assign(file=path.name, model=params["model"], weights=params["weights"],
                                                device=res["manifest"]["device"], date=res["manifest"]["date"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    # runs before the CUDA-graph baseline said `replays_graphs` counted its silent hooks as reuse (README.md there)
+    graphed = df["method"] == CUDAGraphFull.name
+    df.loc[graphed, ["reuse_fraction", "flops_ratio"]] = [0.0, 1.0]
+    return df
 
 
 def main(argv=None) -> None:
@@ -190,12 +209,15 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="only these methods (and full compute); the names of gpu_bench.methods")
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--hub", action="store_true", help="load real weights from the hub (Colab)")
     a = p.parse_args(argv)
     bad = [m for m in a.models if m not in TINY and m not in BENCH_MODELS]
     if bad:
         p.error(f"unknown models {bad}; known: {BENCH_MODELS + list(TINY)}")
-    for path in run(a.models, a.out, a.batch, a.steps, a.repeats, a.device, a.hub):
+    for path in run(a.models, a.out, a.batch, a.steps, a.repeats, a.device, a.hub, a.methods, tuple(a.modes)):
         print(path)
 
 

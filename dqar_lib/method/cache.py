@@ -103,7 +103,7 @@ class ReuseCache:
 
     @staticmethod
     def _entry(x: torch.Tensor, mode: str, calib=None, dynamic: bool = True, at: float | None = None,
-               delta: bool = False) -> _Entry:
+               delta: bool = False, sig: tuple | None = None) -> _Entry:
         if mode == "csb":
             if calib is None:
                 raise ValueError(f"cache mode 'csb' needs a calibration (got none for a {tuple(x.shape)} tensor)")
@@ -113,7 +113,7 @@ class ReuseCache:
         # a scale taken from x is NaN/Inf exactly when x holds one: check the (C,) scale, not all of x
         from_x = mode in ("int8_tensor", "int8_channel") or (mode == "csb" and dynamic)
         finite = torch.isfinite(q.scale).all() if from_x else torch.isfinite(x).all()
-        return _Entry(q, signature(x), HostValue(finite), at, delta)
+        return _Entry(q, signature(x) if sig is None else sig, HostValue(finite), at, delta)
 
     def _delta_history(self, old: list[_Entry], x: torch.Tensor, mode: str, at: float | None,
                        depth: int) -> list[_Entry]:
@@ -125,10 +125,12 @@ class ReuseCache:
         """
         base_mode, delta_mode = DELTA_MODES[mode]
         values = _values(old)  # X_hat of each compute, float32
-        hist = old + [self._entry(x.float() - values[-1], delta_mode, at=at, delta=True)]
+        # the delta is float32 whatever x is; the entry keeps x's signature (an fp16 model's history must match
+        # its fp16 inputs, or every reuse after the second compute is refused as "invalidated")
+        hist = old + [self._entry(x.float() - values[-1], delta_mode, at=at, delta=True, sig=signature(x))]
         drop = len(hist) - depth
         if drop > 0:  # re-base on the value that becomes the oldest (its rounding error is shared by all later)
-            base = self._entry(values[drop].to(old[0].q.dtype), base_mode, at=hist[drop].a)
+            base = self._entry(values[drop].to(old[0].q.dtype), base_mode, at=hist[drop].a, sig=old[0].sig)
             hist = [base] + hist[drop + 1:]
         return hist
 
