@@ -336,3 +336,18 @@ def test_gpu_bench_runs_only_the_named_methods_and_modes(tmp_path):
     assert list(rows) == ["full", "dqar", "DQAR plan 0.56"] and rows["DQAR plan 0.56"]["reuse_fraction"] == 0.56
     with pytest.raises(ValueError, match=r"--methods names \['dqra'\], which this run does not have"):
         main(["--out", str(tmp_path), "--models", "tiny", "--device", "cpu", "--steps", "2", "--methods", "dqra"])
+
+
+def test_against_baselines_reads_each_row_against_every_full_compute_variant():
+    import pandas as pd
+
+    from dqar_lib.evaluation.gpu_bench import against_baselines
+
+    df = pd.DataFrame(dict(model="m", compiled=[False, False, False, True, True],
+                           method=["full", "full, CUDA graph", "dqar", "full", "dqar"],
+                           median_ms=[400.0, 100.0, 200.0, 160.0, 80.0], iqr_ms=1.0, reuse_fraction=0.5))
+    t = against_baselines(df).set_index(["compiled", "method"])
+    assert t.loc[(True, "dqar"), "x vs compiled"] == 2.0 and t.loc[(True, "dqar"), "x vs CUDA graph"] == 1.25
+    assert t.loc[(False, "dqar"), "x vs eager"] == 2.0 and t.loc[(False, "full, CUDA graph"), "x vs eager"] == 4.0
+    assert t.loc[(True, "dqar"), "same_run"] == "compiled"
+    assert against_baselines(df[df.method != "full, CUDA graph"])["x vs CUDA graph"].isna().all()

@@ -201,6 +201,29 @@ def load_results(folder: str | Path):
     return df
 
 
+def against_baselines(df):
+    """Per model, every (mode, method) row of `load_results` with its median time and its speed against each
+    full-compute baseline measured for that model: eager, compiled and CUDA-graphed (NaN where one is missing).
+    Rows of one file share a process; a ratio across the eager and the compiled file compares two runs on one
+    machine (the `same_run` column says which ratios are within one)."""
+    import pandas as pd
+
+    out = []
+    for model, rows in df.groupby("model", sort=False):
+        base = {}
+        for label, compiled, method in (("eager", False, "full"), ("compiled", True, "full"),
+                                        ("CUDA graph", False, CUDAGraphFull.name)):
+            hit = rows[(rows.compiled == compiled) & (rows.method == method)]
+            base[label] = float(hit.median_ms.iloc[0]) if len(hit) else float("nan")
+        t = rows[["compiled", "method", "median_ms", "iqr_ms", "reuse_fraction"]].copy()
+        t.insert(0, "model", model)
+        for label, ms in base.items():
+            t[f"x vs {label}"] = ms / t.median_ms
+        t["same_run"] = t.compiled.map({False: "eager, CUDA graph", True: "compiled"})
+        out.append(t)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
