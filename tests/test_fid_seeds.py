@@ -75,3 +75,25 @@ def test_chunks_keep_the_label_order_on_strided_seeds(monkeypatch):
     assert [s for _, s in calls] == [7, 7 + 7919, 7 + 2 * 7919] and [len(lab) for lab, _ in calls] == [8, 8, 4]
     assert got["imgs"][:, 0, 0, 0].tolist() == got["labels"] == [c for c in range(10) for _ in range(2)]
     assert q["quality_n"] == 20
+
+
+def test_spread_plot_draws_each_entrys_range_over_seeds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dqar_lib.publish import plots
+
+    fids = {"full": (60.0, 62.0, 61.0), "DDIM-20": (66.0, 70.0, 67.0)}
+    rows = [dict(entry=e, seed=s, class_accuracy=0.8, proxy_fid=f, quality_n=1000)
+            for e, by_seed in fids.items() for s, f in zip((1, 2, 3), by_seed)]
+    table = fid_seeds.spread(rows)
+    assert table.loc["DDIM-20", ["fid_median", "fid_min", "fid_max"]].tolist() == [67.0, 66.0, 70.0]
+    assert table.loc["full", "seeds"] == 3 and table.loc["full", "samples"] == 1000
+    fig, ax = plt.subplots()
+    plots.spread(ax, table, "fid", "proxy FID")
+    (lines,) = ax.collections[:1]
+    assert [tuple(seg[:, 0]) for seg in lines.get_segments()] == [(60.0, 62.0), (66.0, 70.0)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["full", "DDIM-20"]
+    plt.close(fig)

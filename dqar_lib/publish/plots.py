@@ -65,6 +65,23 @@ def bars(ax, values: dict[str, float], ylabel: str, fmt: str = "{:.0f}", horizon
         ax.set(ylabel=ylabel)
 
 
+def spread(ax, table, short: str, xlabel: str, fmt: str = "{:.2f}") -> None:
+    """One row per entry of a `dqar_lib.evaluation.fid_seeds.spread` table: a dot at the median over seeds of
+    `short` ("fid" or "acc") and a line from its min to its max, the median written beside it."""
+    names = [str(n) for n in table.index]
+    med, lo, hi = (table[f"{short}_{k}"].to_numpy(float) for k in ("median", "min", "max"))
+    y = np.arange(len(names))
+    colors = sns.color_palette(n_colors=len(names))
+    ax.hlines(y, lo, hi, colors=colors, lw=2.5)
+    ax.scatter(med, y, c=colors, s=30, zorder=3)
+    for i, v in enumerate(med):
+        ax.text(hi[i], i, "  " + fmt.format(v), va="center", fontsize=8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=xlabel)
+    ax.margins(x=0.15)
+
+
 def loss_curve(ax, loss, history: list[dict] | None = None) -> None:
     """A training loss curve, (k, 2) rows of (step, loss), log scale; the runs of `history` (each a dict with
     `steps` = [start, end] and a `loss` / `precision` / `cooldown_steps` description) shaded in turn."""
