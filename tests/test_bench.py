@@ -351,3 +351,20 @@ def test_against_baselines_reads_each_row_against_every_full_compute_variant():
     assert t.loc[(False, "dqar"), "x vs eager"] == 2.0 and t.loc[(False, "full, CUDA graph"), "x vs eager"] == 4.0
     assert t.loc[(True, "dqar"), "same_run"] == "compiled"
     assert against_baselines(df[df.method != "full, CUDA graph"])["x vs CUDA graph"].isna().all()
+
+
+def test_gpu_finding_names_the_baselines_and_the_best_compiled_dqar_row():
+    import pandas as pd
+
+    from dqar_lib.evaluation.gpu_bench import best_compiled, finding
+
+    df = pd.DataFrame(dict(model="org/DiT-XL-2-256", compiled=[False, False, True, True, True],
+                           method=["full", "full, CUDA graph", "full", "dqar", "DQAR plan 0.56"],
+                           median_ms=[400.0, 100.0, 160.0, 80.0, 100.0], iqr_ms=1.0, reuse_fraction=0.5,
+                           speedup=[1.0, 4.0, 1.0, 2.0, 1.6], device="GPU X", weights="random (no hub)",
+                           images=8, steps=50))
+    assert best_compiled(df).method == "dqar" and best_compiled(df[df.compiled & (df.method == "full")]) is None
+    text = finding(df)
+    assert "DiT-XL-2-256 with random weights in fp16 (8 images with CFG, DDIM-50)" in text
+    assert "makes it 4.00x faster" in text and "2.00x the compiled fp16 baseline and 1.25x the CUDA-graphed" in text
+    assert finding(df.iloc[:0]) == "No GPU run is committed yet."

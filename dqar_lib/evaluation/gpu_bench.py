@@ -224,6 +224,34 @@ def against_baselines(df):
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def best_compiled(gpu):
+    """The compiled DQAR row (a "dqar…" or "gates…" method) with the highest speedup over compiled full compute
+    in a `load_results` table, or None when there is none."""
+    rows = gpu[gpu.compiled & gpu.method.str.lower().str.startswith(("dqar", "gates"))] if len(gpu) else gpu
+    return rows.loc[rows.speedup.idxmax()] if len(rows) else None
+
+
+def finding(gpu) -> str:
+    """What a `load_results` table shows, in one paragraph: eager full compute, the CUDA-graphed baseline against
+    it, and the best compiled DQAR row against the compiled and the CUDA-graphed baselines."""
+    best = best_compiled(gpu)
+    if best is None:
+        return "No GPU run is committed yet."
+    m = against_baselines(gpu[gpu.model == best.model]).set_index(["compiled", "method"])
+    full, dq, run0 = m.loc[(False, "full")], m.loc[(True, best.method)], gpu[gpu.model == best.model].iloc[0]
+    graph = m.loc[(False, CUDAGraphFull.name)] if (False, CUDAGraphFull.name) in m.index else None
+    text = (f"On {best.device}, {best.model.split('/')[-1]} with {run0.weights.split(' (')[0]} weights in fp16 "
+            f"({run0.images} images with CFG, DDIM-{run0.steps}): eager full compute takes {full.median_ms:.0f} ms "
+            "a sampling call")
+    if graph is not None:
+        text += (f", and replaying each denoiser call from a CUDA graph alone makes it {graph['x vs eager']:.2f}x "
+                 "faster: the eager step is launch-bound")
+    text += f". DQAR's {best.method!r}, compiled, runs at {dq['x vs compiled']:.2f}x the compiled fp16 baseline"
+    if graph is not None:
+        text += f" and {dq['x vs CUDA graph']:.2f}x the CUDA-graphed one (two runs, one machine)"
+    return text + f", reusing {dq.reuse_fraction:.2f} of the (step, layer) computes."
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
