@@ -235,7 +235,8 @@ def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
     from dqar_lib.artifacts import read_result
     from dqar_lib.evaluation.gpu_bench import default_batch, main
 
-    assert default_batch("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") < default_batch("facebook/DiT-XL-2-256") == 16
+    assert default_batch("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") < default_batch("facebook/DiT-XL-2-512") \
+        < default_batch("facebook/DiT-XL-2-256") == 8
     main(["--out", str(tmp_path), "--models", "tiny-pixart", "--batch", "2", "--steps", "3", "--repeats", "1",
           "--device", "cpu"])
     res = read_result(tmp_path / "tiny-pixart-eager.json")

@@ -30,11 +30,13 @@ BENCH_MODELS = DIT_MODELS + [m for m in REAL_MODELS if "PixArt-Sigma" in m]
 TINY = {"tiny": tiny_dit, "tiny-pixart": tiny_pixart}  # random test models: the harness on a CPU
 CAPTION_TOKENS = 300  # PixArt-Σ's caption length
 PLAN_BUDGETS = (0.5, 0.56, 0.66)  # 09's fitted plans replayed: its lowest budget, its bar point, its highest
-DEFAULT_BATCH = {"PixArt": 4}  # images per call where 16 would not fit a 10-minute GPU command; others 16
+# images per call (twice the rows with CFG), the protocol's batches: DiT-XL/2-256 16 rows, -512 8, PixArt-Σ 2 images
+DEFAULT_BATCH = {"DiT-XL-2-256": 8, "DiT-XL-2-512": 4, "PixArt": 2}
 
 
 def default_batch(name: str) -> int:
-    return next((b for key, b in DEFAULT_BATCH.items() if key in name), 16)
+    """Images per sampling call for a model of BENCH_MODELS (DEFAULT_BATCH; 8 for any other)."""
+    return next((b for key, b in DEFAULT_BATCH.items() if key in name), 8)
 
 
 def conditions(model, batch: int, device: str) -> dict:
@@ -256,7 +258,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--models", nargs="+", default=BENCH_MODELS, help=f"any of {BENCH_MODELS} or {list(TINY)}")
-    p.add_argument("--batch", type=int, default=None, help=f"images per call (default 16; {DEFAULT_BATCH})")
+    p.add_argument("--batch", type=int, default=None, help=f"images per call (default {DEFAULT_BATCH}, else 8)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
