@@ -97,3 +97,17 @@ def test_spread_plot_draws_each_entrys_range_over_seeds():
     assert [tuple(seg[:, 0]) for seg in lines.get_segments()] == [(60.0, 62.0), (66.0, 70.0)]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["full", "DDIM-20"]
     plt.close(fig)
+
+
+def test_reading_says_where_the_preset_and_fewer_steps_stand_against_full_compute():
+    fids = {"full": (43.0, 43.2), "DQAR forecast 1->5": (43.1, 43.5), "DDIM-20": (46.8, 47.2),
+            "DPM-Solver-20": (41.9, 42.4)}
+    rows = [dict(entry=e, seed=s, class_accuracy=0.85, proxy_fid=f, quality_n=1000)
+            for e, by_seed in fids.items() for s, f in zip((1, 2), by_seed)]
+    table = fid_seeds.spread(rows)
+    assert fid_seeds.apart(table, "DDIM-20", "full") and not fid_seeds.apart(table, "DQAR forecast 1->5", "full")
+    text = fid_seeds.reading(table, "DQAR forecast 1->5")
+    assert "+0.20 from full compute's, its seed range overlapping" in text
+    assert "DDIM-20's is +3.90 (outside the ranges)" in text and "DPM-Solver-20's -0.95: on this model" in text
+    rows = [dict(r, proxy_fid=r["proxy_fid"] + 5) if r["entry"] == "DPM-Solver-20" else r for r in rows]
+    assert fid_seeds.reading(fid_seeds.spread(rows), "DQAR forecast 1->5").endswith("DPM-Solver-20's +4.05.")

@@ -58,6 +58,25 @@ def spread(rows: list[dict]):
     return out
 
 
+def apart(table, a: str, b: str) -> bool:
+    """Whether entries a and b of a `spread` table have proxy-FID ranges over seeds that do not overlap."""
+    return bool(table.loc[a].fid_min > table.loc[b].fid_max or table.loc[b].fid_min > table.loc[a].fid_max)
+
+
+def reading(table, ours: str, full: str = "full", fewer: str = "DDIM-20", solver: str = "DPM-Solver-20") -> str:
+    """What a `spread` table says of `ours` (e.g. the "dqar" preset's entry) against full compute, fewer DDIM
+    steps and DPM-Solver, in one or two sentences (each entry's median FID minus full compute's)."""
+    fid = table.fid_median
+    text = (f"The \"dqar\" preset's median proxy FID is {fid[ours] - fid[full]:+.2f} from full compute's, its seed "
+            f"range {'apart from' if apart(table, ours, full) else 'overlapping'} full compute's; {fewer}'s is "
+            f"{fid[fewer] - fid[full]:+.2f} ({'outside' if apart(table, fewer, full) else 'inside'} the ranges), "
+            f"and {solver}'s {fid[solver] - fid[full]:+.2f}")
+    if fid[solver] < fid[full]:
+        return text + (f": on this model {solver} lands closer to the test images than full compute, so the "
+                       "distribution alone gives no reason to prefer a cache over it.")
+    return text + "."
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dqar_lib.evaluation.fid_seeds", description=__doc__.splitlines()[0])
     p.add_argument("--entries", nargs="+", required=True, help="front entries, e.g. full 'DQAR forecast 1->5'")
