@@ -142,8 +142,8 @@ def time_method(model, method: Method | None, labels, kwargs: dict, dev, blocks=
     ms = []
 
     def timed(run):
-        counts = method is not None and not dqar and not getattr(method, "replays_graphs", False)
-        counter = _CallCounter(model) if counts else None  # a graph replay runs no hooks: nothing to count
+        counts = method is not None and not dqar and not method.replays_graphs  # a replay runs no hooks to count
+        counter = _CallCounter(model) if counts else None
         try:
             t, res = _time_once(run, dev)
         finally:

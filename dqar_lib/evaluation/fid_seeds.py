@@ -63,11 +63,13 @@ def apart(table, a: str, b: str) -> bool:
     return bool(table.loc[a].fid_min > table.loc[b].fid_max or table.loc[b].fid_min > table.loc[a].fid_max)
 
 
-def reading(table, ours: str, full: str = "full", fewer: str = "DDIM-20", solver: str = "DPM-Solver-20") -> str:
-    """What a `spread` table says of `ours` (e.g. the "dqar" preset's entry) against full compute, fewer DDIM
-    steps and DPM-Solver, in one or two sentences (each entry's median FID minus full compute's)."""
+def reading(table, ours: str, label: str = 'The "dqar" preset', full: str = "full", fewer: str = "DDIM-20",
+            solver: str = "DPM-Solver-20") -> str:
+    """What a `spread` table says of entry `ours` (named `label` in the text; by default the "dqar" preset's entry)
+    against full compute, fewer DDIM steps and DPM-Solver, in one or two sentences (each entry's median FID minus
+    full compute's)."""
     fid = table.fid_median
-    text = (f"The \"dqar\" preset's median proxy FID is {fid[ours] - fid[full]:+.2f} from full compute's, its seed "
+    text = (f"{label}'s median proxy FID is {fid[ours] - fid[full]:+.2f} from full compute's, its seed "
             f"range {'apart from' if apart(table, ours, full) else 'overlapping'} full compute's; {fewer}'s is "
             f"{fid[fewer] - fid[full]:+.2f} ({'outside' if apart(table, fewer, full) else 'inside'} the ranges), "
             f"and {solver}'s {fid[solver] - fid[full]:+.2f}")

@@ -143,12 +143,12 @@ def _bench(model, cond: dict, configs: dict, steps: int, repeats: int, compiled:
 
 def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: int, device: str,
         hub: bool, only: list[str] | None = None, modes: tuple[str, ...] = ("eager", "compiled")) -> list[Path]:
-    """Benchmark each model, eager then compiled, writing one JSON per run as it ends; `batch` None: per-model
-    default. A method that fails (a kernel this GPU lacks, a recompile limit) is left out of its run's rows, and
-    the file's `left_out` names it and why."""
+    """Benchmark each model in each of `modes` (eager, compiled), writing one JSON per run as it ends; `batch`
+    None: per-model default. A method that fails (a kernel this GPU lacks, a recompile limit) is left out of its
+    run's rows, and the file's `left_out` names it and why."""
     from ..method.hooks import self_attention_modules
 
-    written = []
+    written, facts = [], gpu_facts(device)
     for name in models:
         if name in TINY:
             model, weights = TINY[name]().to(device), "random (tiny test model)"
@@ -172,7 +172,7 @@ def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: in
             written.append(write_bench(out / f"{tag}.json", rows, dict(
                 model=name, weights=weights, batch=n, steps=steps, repeats=repeats, guidance_scale=1.5,
                 compiled=compiled, dtype=str(next(model.parameters()).dtype), lowbit_skipped=skipped,
-                left_out=left_out, wall_s=time.perf_counter() - t0, **gpu_facts(device))))
+                left_out=left_out, wall_s=time.perf_counter() - t0, **facts)))
             print(f"{tag}: {len(rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
         del model
         if device == "cuda":

@@ -28,7 +28,7 @@ class CUDAGraphFull(Method):
     a side stream before capture."""
 
     name = "full, CUDA graph"
-    replays_graphs = True  # the benchmark's call counter sees no hooks fire in a replay: it must not count them
+    replays_graphs = True
 
     def __init__(self, warmup: int = 2):
         if not isinstance(warmup, int) or warmup < 1:

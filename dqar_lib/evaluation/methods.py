@@ -38,6 +38,9 @@ class Method(abc.ABC):
 
     name: str
     params: dict
+    replays_graphs: bool = False
+    """True for a method whose model calls are CUDA-graph replays: no module hook fires in them, so the benchmark
+    must not count its calls (dqar_lib.evaluation.graphed.CUDAGraphFull)."""
 
     def prepare(self, model: torch.nn.Module, labels, **sample_kwargs) -> None:
         """Nothing to prepare by default."""
