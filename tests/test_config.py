@@ -15,12 +15,13 @@ def test_presets_exist_and_validate():
 
 
 def test_the_dqar_preset_is_a_forecast_of_the_whole_stack():
-    """"dqar", what apply_dqar(model) runs, is the forecast family's point notebooks/09 measures best (it asserts
+    """"dqar", what apply_dqar(model) runs, is the profile family's point notebooks/09 measures best (it asserts
     that the two agree); here: it forecasts, reuses the stack, and runs no gate."""
     d = DQARConfig.preset("dqar")
-    assert d.forecast_order == 1 and d.granularity == "stack" and d.cache_mode == "delta"
+    assert d.forecast_order == 2 and d.granularity == "stack" and d.cache_mode == "delta" and d.streak_profile
     assert not (d.use_entropy_gate or d.use_snr_gate or d.use_schedule or d.use_policy)
-    assert d.replace(max_reuse_streak=1, max_reuse_streak_end=3) == DQARConfig.preset("forecast")
+    assert d.replace(forecast_order=1, warmup=0.2, end_computes=2, streak_profile=None) == \
+        DQARConfig.preset("forecast")
 
 
 def test_unknown_preset_names_it_and_lists_known():

@@ -102,6 +102,7 @@ def test_front_plot_draws_a_line_per_family():
 
 def test_preset_entry_names_the_front_entry_a_forecast_preset_is():
     entries = front_entries()
-    for name in ("forecast", "dqar"):
+    for name, fam in (("forecast", "DQAR forecast"), ("dqar", "DQAR profile")):
         family, (cfg, _) = entries[preset_entry(name)]
-        assert family == "DQAR forecast" and cfg == DQARConfig.preset(name)
+        assert family == fam and cfg == DQARConfig.preset(name)
+    assert preset_entry("dqar") == "DQAR profile 1/2/1 at 0.3/0.9, order 2"

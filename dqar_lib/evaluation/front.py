@@ -102,15 +102,32 @@ def bar_point(df, prefix: str = "DQAR", min_psnr: float = 43.0, acc_tol: float =
 
 
 def preset_entry(name: str = "dqar") -> str:
-    """The front entry (`front_entries`' name) that the forecast preset `name` is: its streak caps."""
+    """The front entry (`front_entries`' name) that the forecast preset `name` is: its streak profile and forecast
+    order, or its streak caps."""
     from ..method.config import DQARConfig
 
     p = DQARConfig.preset(name)
+    if p.streak_profile is not None:
+        return _profile_entry(p.streak_profile, p.forecast_order)
     return _forecast_entry(p.max_reuse_streak, p.max_reuse_streak_end)
 
 
 def _forecast_entry(a: int, b: int) -> str:
     return f"DQAR forecast {a}->{b}"
+
+
+def _profile_entry(profile, order: int) -> str:
+    """E.g. "DQAR profile 1/2/1 at 0.3/0.9, order 2": the caps, the progress where each later cap starts."""
+    caps, starts = "/".join(str(c) for _, c in profile), "/".join(f"{s:g}" for s, _ in profile[1:])
+    return f"DQAR profile {caps}{' at ' + starts if starts else ''}, order {order}"
+
+
+# the streak profiles the front sweeps (with the "dqar" preset's other fields), each with its forecast order: fewer
+# to more reuses, the "dqar" preset's own profile also at order 1 (what the quadratic forecast adds)
+PROFILES = ((((0.0, 1), (0.5, 2), (0.9, 1)), 2), (((0.0, 1), (0.4, 2), (0.9, 1)), 2),
+            (((0.0, 1), (0.3, 2), (0.9, 1)), 2), (((0.0, 1), (0.3, 2), (0.9, 1)), 1),
+            (((0.0, 1), (0.2, 2), (0.9, 1)), 2), (((0.0, 1), (0.3, 2), (0.94, 1)), 2),
+            (((0.0, 1), (0.3, 2), (0.5, 3), (0.7, 2), (0.9, 1)), 2))
 
 
 def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor, num_steps: int = 50,
@@ -137,11 +154,12 @@ def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor
 
 
 def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dpm=(10, 15, 20, 25),
-                  forecast_caps=((1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (2, 4), (2, 5)),
-                  plans: dict | None = None) -> dict[str, tuple[str, tuple]]:
+                  forecast_caps=((1, 3), (1, 4), (1, 5), (1, 6), (2, 5)),
+                  plans: dict | None = None, profiles=PROFILES) -> dict[str, tuple[str, tuple]]:
     """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
     DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
-    the second), DQAR's change gate (the stack's input change since it last computed, under the same caps), DQAR's
+    the second), DQAR's streak profiles (the "dqar" preset's family: `profiles`, (profile, order) pairs), DQAR's
+    change gate (the stack's input change since it last computed, under the same caps), DQAR's
     gate preset and its order-0 static plan, each diffusers peer over its main knob, and
     cache-dit's DBCache over its threshold, plain and with its TaylorSeer calibrator. `plans` (budget -> config,
     from dqar_lib.fitting.plan_fit.calibrate_plans) adds DQAR's fitted plan over its budget."""
@@ -154,6 +172,9 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
     e |= {f"DPM-Solver-{k}": ("fewer DPM-Solver steps", (None, k, "dpm")) for k in fewer_dpm}
     e |= {_forecast_entry(a, b): ("DQAR forecast", (fc.replace(max_reuse_streak=a, max_reuse_streak_end=b),
                                                          num_steps)) for a, b in forecast_caps}
+    dq = DQARConfig.preset("dqar")
+    e |= {_profile_entry(p, o): ("DQAR profile", (dq.replace(streak_profile=p, forecast_order=o), num_steps))
+          for p, o in profiles}
     e |= {f"DQAR plan {b:.2f}": ("DQAR fitted plan", (cfg, num_steps)) for b, cfg in (plans or {}).items()}
     e |= {f"DQAR change {a}->{b}, delta={d}": ("DQAR change gate", (fc.replace(
         use_change_gate=True, change_scope="stack", delta=d, max_reuse_streak=a, max_reuse_streak_end=b), num_steps))
@@ -162,7 +183,7 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
           "DQAR static, order 0": ("DQAR static", (DQARConfig.preset("static", granularity="block"), num_steps)),
           "DQAR static, order 1": ("DQAR static", (DQARConfig.preset("static", granularity="block",
                                                                       forecast_order=1), num_steps))}
-    peers = {"SeaCache": ("seacache", "threshold", (0.1, 0.25, 0.4, 0.6)),
+    peers = {"SeaCache": ("seacache", "threshold", (0.1, 0.18, 0.25, 0.4)),
              "MagCache": ("magcache", "threshold", (0.03, 0.06, 0.12)),
              "FirstBlockCache": ("fbc", "threshold", (0.05, 0.1, 0.2)),
              "TaylorSeer": ("taylorseer", "cache_interval", (3, 5)),

@@ -56,13 +56,22 @@ class DQARConfig:
     change_scope: str = "layer"
     """"layer": each layer measures its own input; "stack": the first layer's change decides for every layer
     (one host read per step, a whole-stack skip as in SeaCache)."""
+    change_accumulate: bool = False
+    """Change gate: False measures the input against its value at the layer's last compute; True sums the relative
+    L1 change between consecutive steps since that compute, as TeaCache and SeaCache do (the input is then read on
+    every step, one host read per layer and step, or per step with change_scope "stack")."""
     max_reuse_streak: int = 2
+    """At most this many consecutive reuses per layer before it must recompute (0: never reuse)."""
     max_reuse_streak_end: int | None = None
     """If set, the cap on consecutive reuses grows linearly with progress, from `max_reuse_streak` right after
     warmup to this at the last step: computes are front-loaded (early steps decide the sample)."""
     end_computes: int = 0
     """The last `end_computes` steps always compute (counted on the scheduler's timesteps; needs a scheduler)."""
-    """At most this many consecutive reuses per layer before it must recompute (0: never reuse)."""
+    streak_profile: tuple[tuple[float, int], ...] | None = None
+    """Caps on consecutive reuses by progress, in place of max_reuse_streak(_end): ((s_1, c_1), (s_2, c_2), ...)
+    caps streaks at c_k from progress s_k on (s_1 < s_2 < ... in [0, 1]; before s_1: max_reuse_streak). E.g.
+    ((0, 1), (0.3, 2), (0.9, 1)): every second step early, two reuses a compute in the middle, every second at
+    the end (the shape of the plans notebooks/09 measures best; the sample's end is as sensitive as its start)."""
     use_schedule: bool = True
     schedule_depth_start: float = 0.5
     """Layer schedule: right after warmup, the shallowest `schedule_depth_start` fraction of blocks may reuse ..."""
@@ -144,6 +153,12 @@ class DQARConfig:
             bad("max_reuse_streak_end", "expected None or >= 0")
         if self.end_computes < 0:
             bad("end_computes", "expected >= 0")
+        if self.streak_profile is not None:
+            prof = self.streak_profile
+            ok = len(prof) > 0 and all(len(e) == 2 and isinstance(e[1], int) and e[1] >= 0
+                                       and isinstance(e[0], (int, float)) and 0.0 <= e[0] <= 1.0 for e in prof)
+            if not ok or any(a[0] >= b[0] for a, b in zip(prof, prof[1:])):
+                bad("streak_profile", "expected ((progress, cap), ...) with progress rising in [0, 1] and int caps >= 0")
         if self.static_period < 0:
             bad("static_period", "expected >= 0")
         if self.cache_budget_bytes is not None and self.cache_budget_bytes < 0:
@@ -160,6 +175,8 @@ class DQARConfig:
             bad("delta", "expected a finite number >= 0")
         if self.change_scope not in ("layer", "stack"):
             bad("change_scope", "expected 'layer' or 'stack'")
+        if self.change_accumulate and not self.use_change_gate:
+            bad("change_accumulate", "it shapes the change gate's signal: set use_change_gate=True")
         if self.forecast_order not in FORECAST_ORDERS:
             bad("forecast_order", f"expected one of {FORECAST_ORDERS}")
         if self.forecast_in not in FORECAST_ABSCISSAE:
@@ -216,6 +233,8 @@ class DQARConfig:
         fields = dict(fields)
         if fields.get("static_plan") is not None:
             fields["static_plan"] = tuple(tuple(bool(v) for v in row) for row in fields["static_plan"])
+        if fields.get("streak_profile") is not None:
+            fields["streak_profile"] = tuple((float(a), int(c)) for a, c in fields["streak_profile"])
         if fields.get("forecast_weights") is not None:
             fields["forecast_weights"] = tuple(None if r is None else tuple(float(w) for w in r)
                                                for r in fields["forecast_weights"])
@@ -290,11 +309,16 @@ PRESETS: dict[str, dict] = {
     # cache keeps each layer's older compute in fp16 and the newer as an INT8 delta ("delta": INT8 histories stored
     # whole cost more dB, measured in 09). The streak cap pair is the knob 09 sweeps for the curve.
     "forecast": _FORECAST,
-    # the default, what apply_dqar(model) and dq.dqar(pipe) run: the forecast preset at the point of its curve
-    # notebooks/09_forecast measures best (the fastest cap pair at >= 43 dB with class accuracy within 0.02 of full
-    # compute; 09 asserts that this is it): caps 1 -> 5 (reuse 0.56 at 44.0 dB in 09's run at commit 1b32688; 1 -> 4
-    # reuses 0.54 at 44.5 dB and 1 -> 6 drops to 40.9 dB), two more reuses in a row at the end than 1 -> 3
-    "dqar": dict(_FORECAST, max_reuse_streak_end=5),
+    # the default, what apply_dqar(model) and dq.dqar(pipe) run: forecast reuse of the whole stack on a streak
+    # profile, the point notebooks/09_forecast measures best among the presets that need no fitting (the fastest at
+    # >= 43 dB with class accuracy within 0.02 of full compute; 09 asserts that this is it). Every second step
+    # reuses until 30 % of the way, then two in a row per compute, then every second again from 90 % on, the last
+    # step computes; each reuse is the quadratic forecast from the last three computes. The shape is the one
+    # SeaCache's adaptive gate chooses on this model and the one a sweep of profiles on held-out seeds found best:
+    # front-loading every compute (the "forecast" preset, or warmup) spends them where a forecast is already good,
+    # and long streaks at the end, where the sample's fine detail forms, cost more dB than they save time.
+    "dqar": dict(_FORECAST, forecast_order=2, warmup=0.0, end_computes=1,
+                 streak_profile=((0.0, 1), (0.3, 2), (0.9, 1))),
     # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
     # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),

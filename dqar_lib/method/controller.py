@@ -71,6 +71,8 @@ class DQARController:
         self.snr: HostValue | None = None
         self.x_norm: HostValue | None = None
         self.inputs: list[torch.Tensor | None] = [None] * L  # each layer's input at its last compute (change gate)
+        self.previous: list[torch.Tensor | None] = [None] * L  # its input at the last step (change_accumulate)
+        self.accumulated = [0.0] * L  # the summed step-to-step change since its last compute (change_accumulate)
         self.change: list[float | None] = [None] * L
         self.step_change: float | None = None
         self.plan: list[tuple[bool, str]] = [(False, "missing")] * L
@@ -171,13 +173,17 @@ class DQARController:
         """
         reuse, reason = self.plan[i]
         c = self.config
+        measured = False
         if c.use_change_gate and h is not None:
             if c.change_scope == "stack":  # the first layer's change, measured every step, decides for all
                 if i == 0:
                     self.step_change = self._input_change(0, h)
+                    measured = c.change_accumulate
                 change = self.step_change
+            elif reason == "change" or c.change_accumulate:  # an accumulated change is summed over every step
+                change, measured = self._input_change(i, h), c.change_accumulate
             else:
-                change = self._input_change(i, h) if reason == "change" else None
+                change = None
             self.change[i] = change
             if reason == "change":
                 self.plan[i] = reuse, reason = self._replan(i, change)
@@ -187,6 +193,8 @@ class DQARController:
                 if status != "ok":
                     reuse, reason = False, status
                     break
+        if measured:  # a compute starts a new sum; a reuse carries it on
+            self.accumulated[i] = self.change[i] if reuse and self.change[i] is not None else 0.0
         self._record(i, reuse, reason)
         return reuse
 
@@ -197,7 +205,15 @@ class DQARController:
         return reuse
 
     def _input_change(self, i: int, h: torch.Tensor) -> float | None:
-        """||h - h_c||_1 / ||h_c||_1 against layer i's input at its last compute (None before one): one host read."""
+        """||h - h_c||_1 / ||h_c||_1 against layer i's input at its last compute (None before one): one host read.
+
+        With `change_accumulate`: the accumulated change so far plus ||h - h_p||_1 / ||h_p||_1, h_p the input at
+        the step before (None on the first step)."""
+        if self.config.change_accumulate:
+            h_p, self.previous[i] = self.previous[i], h.detach()
+            if h_p is None or h_p.shape != h.shape:
+                return None
+            return self.accumulated[i] + float((h - h_p).abs().mean() / h_p.abs().mean().clamp_min(1e-12))
         h_c = self.inputs[i]
         if h_c is None or h_c.shape != h.shape:
             return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import gates
 from .config import DQARConfig
-from .schedule import layer_allowed, schedule_depth, streak_cap
+from .schedule import layer_allowed, profile_cap, schedule_depth, streak_cap
 
 
 @dataclass
@@ -64,7 +64,9 @@ def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, st
         depth = schedule_depth(v.s, cfg.warmup, cfg.schedule_depth_start, cfg.schedule_depth_end)
         if not layer_allowed(v.layer, v.num_layers, depth):
             return False, "schedule"
-    if not gates.streak_gate(v.streak, streak_cap(v.s, cfg.warmup, cfg.max_reuse_streak, cfg.max_reuse_streak_end)):
+    cap = streak_cap(v.s, cfg.warmup, cfg.max_reuse_streak, cfg.max_reuse_streak_end) if cfg.streak_profile is None \
+        else profile_cap(v.s, cfg.streak_profile, cfg.max_reuse_streak)
+    if not gates.streak_gate(v.streak, cap):
         return False, "streak"
     if cfg.use_policy:
         ok = v.p_reuse is not None and v.p_reuse >= cfg.policy_threshold

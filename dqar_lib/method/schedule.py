@@ -35,6 +35,16 @@ def streak_cap(s: float, warmup: float, cap_start: int, cap_end: int | None) -> 
     return round(cap_start + (cap_end - cap_start) * min(1.0, max(0.0, (s - warmup) / span)))
 
 
+def profile_cap(s: float, profile: tuple[tuple[float, int], ...] | None, default: int) -> int:
+    """The cap of a streak profile ((s_1, c_1), ...) at progress s: c_k of the last s_k <= s (`default` before s_1)."""
+    cap = default
+    for s_k, c_k in profile or ():
+        if s < s_k:
+            break
+        cap = c_k
+    return cap
+
+
 def static_plan(num_steps: int, num_layers: int, warmup: float, period: int) -> tuple[tuple[bool, ...], ...]:
     """A DiTFastAttn-style fixed plan: after the warmup steps, every layer reuses on every `period`-th step."""
     if period < 2:
