@@ -14,6 +14,7 @@ from dqar_lib.evaluation.front import (  # noqa: E402
     front_bench,
     front_entries,
     preset_entry,
+    speed_at_accuracy,
     speed_at_psnr,
 )
 from dqar_lib.evaluation.methods import as_method  # noqa: E402
@@ -30,12 +31,23 @@ def test_speed_at_psnr_interpolates_on_the_upper_front():
     assert at["A"][55.0] is None and at["B"][45.0] is None and at["B"][35.0] == 3.0
 
 
+def test_speed_at_accuracy_is_each_familys_fastest_point_near_full_accuracy():
+    df = pd.DataFrame(dict(method=["full", "a1", "a2", "b1", "c1"], family=["full", "A", "A", "B", "C"],
+                           speedup=[1.0, 1.5, 2.5, 3.0, 1.2], class_accuracy=[0.80, 0.79, 0.77, 0.70, 0.82]))
+    at = speed_at_accuracy(df)
+    assert at == {"full": 1.0, "A": 1.5, "B": None, "C": 1.2}  # a2 and b1 lose more than 0.02
+    assert speed_at_accuracy(df, acc_tol=0.05)["A"] == 2.5
+    with pytest.raises(ValueError, match="'full' row"):
+        speed_at_accuracy(df[df.method != "full"])
+
+
 def test_bar_point_is_the_fastest_qualifying_entry_of_its_prefix():
     df = pd.DataFrame(dict(psnr=[float("inf"), 46.0, 44.0, 50.0, 42.0], speedup=[1.0, 1.9, 2.3, 2.6, 3.0],
                            class_accuracy=[0.80, 0.79, 0.81, 0.70, 0.80]),
                       index=["full", "DQAR a", "DQAR b", "DQAR c", "DQAR d"])
     assert bar_point(df) == "DQAR b"  # c misses the accuracy, d the PSNR
     assert bar_point(df, "DQAR a") == "DQAR a" and bar_point(df, min_psnr=47) is None
+    assert bar_point(df, ("DQAR a", "DQAR c")) == "DQAR a"  # any of several prefixes
     with pytest.raises(ValueError, match="'full' row"):
         bar_point(df.drop(index="full"))
 
@@ -105,4 +117,4 @@ def test_preset_entry_names_the_front_entry_a_forecast_preset_is():
     for name, fam in (("forecast", "DQAR forecast"), ("dqar", "DQAR profile")):
         family, (cfg, _) = entries[preset_entry(name)]
         assert family == fam and cfg == DQARConfig.preset(name)
-    assert preset_entry("dqar") == "DQAR profile 1/2/1 at 0.3/0.9, order 2"
+    assert preset_entry("dqar") == "DQAR profile 1/2/1 at 0.2/0.9, order 2"

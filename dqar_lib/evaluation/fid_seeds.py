@@ -1,6 +1,6 @@
 """Distribution quality on many samples and over seeds: class accuracy and proxy FID of chosen front entries.
 
-    python -m dqar_lib.evaluation.fid_seeds --entries full "DQAR forecast 1->5" DPM-Solver-20 \
+    python -m dqar_lib.evaluation.fid_seeds --entries full "DQAR profile 1/2/1 at 0.2/0.9, order 2" DPM-Solver-20 \
         --per-class 100 --seeds 100 101 102            # writes data/results/fid_seeds.json
 
 The front (notebook 09) measures every entry on 100 samples and one seed; this measures a few entries on

@@ -89,9 +89,23 @@ def speed_at_psnr(df, family: str = "family", targets=(35.0, 40.0, 45.0)) -> dic
     return out
 
 
-def bar_point(df, prefix: str = "DQAR", min_psnr: float = 43.0, acc_tol: float = 0.02) -> str | None:
-    """The fastest entry whose name starts with `prefix` at `min_psnr` dB or more and with class accuracy within
-    `acc_tol` of full compute's (the bar the front is read against); None when no entry qualifies.
+def speed_at_accuracy(df, family: str = "family", acc_tol: float = 0.02) -> dict[str, float | None]:
+    """Each family's speedup at equal distribution quality: its fastest point whose class accuracy lies within
+    `acc_tol` of full compute's (None: no point does). `df` has one row per point with columns `method` (one of
+    them "full"), `speedup`, `class_accuracy` and `family`."""
+    full = df[df.method == "full"]
+    if len(full) != 1:
+        raise ValueError(f"speed_at_accuracy needs exactly one 'full' row to compare against, found {len(full)}")
+    near = (df.class_accuracy - float(full.class_accuracy.iloc[0])).abs() <= acc_tol
+    return {fam: (float(g[near.loc[g.index]].speedup.max()) if near.loc[g.index].any() else None)
+            for fam, g in df.groupby(family)}
+
+
+def bar_point(df, prefix: str | tuple[str, ...] = "DQAR", min_psnr: float = 43.0,
+              acc_tol: float = 0.02) -> str | None:
+    """The fastest entry whose name starts with `prefix` (or any of a tuple of prefixes) at `min_psnr` dB or more
+    and with class accuracy within `acc_tol` of full compute's (the bar the front is read against); None when no
+    entry qualifies.
 
     `df` is the front indexed by method name, with a "full" row and columns `speedup`, `psnr`, `class_accuracy`."""
     if "full" not in df.index:
