@@ -158,7 +158,7 @@ class DQARConfig:
             ok = len(prof) > 0 and all(len(e) == 2 and isinstance(e[1], int) and e[1] >= 0
                                        and isinstance(e[0], (int, float)) and 0.0 <= e[0] <= 1.0 for e in prof)
             if not ok or any(a[0] >= b[0] for a, b in zip(prof, prof[1:])):
-                bad("streak_profile", "expected ((progress, cap), ...) with progress rising in [0, 1] and int caps >= 0")
+                bad("streak_profile", "expected ((progress, cap), ...), progress rising in [0, 1], int caps >= 0")
         if self.static_period < 0:
             bad("static_period", "expected >= 0")
         if self.cache_budget_bytes is not None and self.cache_budget_bytes < 0:
