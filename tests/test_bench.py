@@ -316,13 +316,13 @@ def test_gpu_bench_replays_the_fronts_fitted_plans_at_any_depth():
 
     plans = replayed_plans(28)
     assert list(plans) == [f"DQAR plan {b:.2f}" for b in PLAN_BUDGETS]
-    skip = read_result(FRONT)["result"]["plans"]["0.56"]["skip"]
-    cfg = plans["DQAR plan 0.56"]
+    skip = read_result(FRONT)["result"]["plans"]["0.58"]["skip"]
+    cfg = plans["DQAR plan 0.58"]
     assert cfg.granularity == "stack" and len(cfg.static_plan) == len(skip) == 50
     assert all(row == (s,) * 28 for row, s in zip(cfg.static_plan, skip))
     assert replayed_plans(28, path="/nonexistent/front.json") == {}
-    assert "DQAR plan 0.56" in methods(False, (), 28, steps=50)
-    assert "DQAR plan 0.56" not in methods(False, (), 28, steps=20)
+    assert "DQAR plan 0.58" in methods(False, (), 28, steps=50)
+    assert "DQAR plan 0.58" not in methods(False, (), 28, steps=20)
     assert "full, CUDA graph" in methods(False, (), 28, graphs=True) and "full, CUDA graph" not in methods(False)
 
 
@@ -331,10 +331,10 @@ def test_gpu_bench_runs_only_the_named_methods_and_modes(tmp_path):
     from dqar_lib.evaluation.gpu_bench import main
 
     main(["--out", str(tmp_path), "--models", "tiny", "--batch", "1", "--steps", "50", "--repeats", "1",
-          "--device", "cpu", "--modes", "eager", "--methods", "dqar", "DQAR plan 0.56"])
+          "--device", "cpu", "--modes", "eager", "--methods", "dqar", "DQAR plan 0.58"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-eager.json"]
     rows = {r["method"]: r for r in read_result(tmp_path / "tiny-eager.json")["result"]["rows"]}
-    assert list(rows) == ["full", "dqar", "DQAR plan 0.56"] and rows["DQAR plan 0.56"]["reuse_fraction"] == 0.56
+    assert list(rows) == ["full", "dqar", "DQAR plan 0.58"] and rows["DQAR plan 0.58"]["reuse_fraction"] == 0.58
     with pytest.raises(ValueError, match=r"--methods names \['dqra'\], which this run does not have"):
         main(["--out", str(tmp_path), "--models", "tiny", "--device", "cpu", "--steps", "2", "--methods", "dqra"])
 

@@ -110,6 +110,14 @@ def test_front_plot_draws_a_line_per_family():
     plots.front(ax, df)
     assert len(ax.get_legend().get_texts()) == 2
     plt.close(fig)
+    df["method"] = ["full", "f1", "f2", "sea"]
+    fig, ax = plt.subplots()
+    plots.front(ax, df, mark="f2")  # the starred preset: one more legend entry, at its point
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == '"dqar" preset'
+    assert list(ax.get_lines()[-1].get_xydata()[0]) == [1.9, 40.0]
+    with pytest.raises(ValueError, match="'nope'"):
+        plots.front(ax, df, mark="nope")
+    plt.close(fig)
 
 
 def test_preset_entry_names_the_front_entry_a_forecast_preset_is():

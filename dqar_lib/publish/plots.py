@@ -159,16 +159,22 @@ def pareto(ax, df, ours: tuple[str, ...] = ("gates", "dqar", "policy", "entropy"
               title="circles: DQAR; squares: peers", title_fontsize=7)
 
 
-def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0) -> None:
+def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0, mark: str | None = None,
+          mark_label: str = '"dqar" preset') -> None:
     """Speed vs quality as one line per family (a method over its knob), fastest-first; DQAR's families solid
-    with circles, peers dashed with squares, fewer steps dotted. PSNR is capped at `cap` dB; a legend names them."""
+    with circles, peers dashed with squares, fewer steps dotted. PSNR is capped at `cap` dB; a legend names them.
+    `mark` (a value of the `method` column) is starred and labelled `mark_label`."""
+    colors = plt.get_cmap("tab20").colors
     for i, (fam, g) in enumerate(df[df[family] != "full compute"].groupby(family, sort=False)):
         g = g.sort_values("speedup")
         mine, steps = fam.startswith(ours), fam.startswith("fewer")
         ax.plot(g.speedup, g.psnr.clip(upper=cap), ls=":" if steps else "-" if mine else "--",
                 marker="o" if mine else "^" if steps else "s", ms=6 if mine else 4, lw=2 if mine else 1,
-                color=f"C{i % 10}", label=fam, zorder=3 if mine else 2)
-    ax.axvline(1.0, color="k", lw=0.8)
-    ax.set(xlabel="speedup vs 50-step full compute (wall clock)",
-           ylabel=f"PSNR vs 50-step full compute (dB, capped at {cap:.0f})")
+                color=colors[(2 * i) % 20 + (i // 10) % 2], label=fam, zorder=3 if mine else 2)
+    if mark is not None:
+        row = df[df.method == mark]
+        if len(row) != 1:
+            raise ValueError(f"mark={mark!r} names {len(row)} rows of the front; expected exactly one")
+        x, y = float(row.speedup.iloc[0]), min(float(row.psnr.iloc[0]), cap)
+        ax.plot([x], [y], marker="*", ms=16, color="gold", mec="k", zorder=5, ls="none", label=mark_label)
     ax.legend(fontsize=7, loc="upper right", ncol=2)
