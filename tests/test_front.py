@@ -118,6 +118,13 @@ def test_front_plot_draws_a_line_per_family():
     with pytest.raises(ValueError, match="'nope'"):
         plots.front(ax, df, mark="nope")
     plt.close(fig)
+    # a point that a faster one of its family beats on PSNR stays off the family's line (a faint marker)
+    df = pd.DataFrame(dict(family=["A", "A", "A"], psnr=[45.0, 38.0, 40.0], speedup=[1.5, 1.7, 1.9]))
+    fig, ax = plt.subplots()
+    plots.front(ax, df)
+    line = next(ln for ln in ax.get_lines() if ln.get_label() == "A")
+    assert line.get_xydata().tolist() == [[1.5, 45.0], [1.9, 40.0]]
+    plt.close(fig)
 
 
 def test_preset_entry_names_the_front_entry_a_forecast_preset_is():

@@ -161,16 +161,22 @@ def pareto(ax, df, ours: tuple[str, ...] = ("gates", "dqar", "policy", "entropy"
 
 def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0, mark: str | None = None,
           mark_label: str = '"dqar" preset') -> None:
-    """Speed vs quality as one line per family (a method over its knob), fastest-first; DQAR's families solid
-    with circles, peers dashed with squares, fewer steps dotted. PSNR is capped at `cap` dB; a legend names them.
+    """Speed vs quality as one line per family (a method over its knob) through its upper front, its other points
+    as faint markers; DQAR's families solid with circles, peers dashed with squares, fewer steps dotted. PSNR is
+    capped at `cap` dB; a legend names them.
     `mark` (a value of the `method` column) is starred and labelled `mark_label`."""
     colors = plt.get_cmap("tab20").colors
     for i, (fam, g) in enumerate(df[df[family] != "full compute"].groupby(family, sort=False)):
         g = g.sort_values("speedup")
         mine, steps = fam.startswith(ours), fam.startswith("fewer")
-        ax.plot(g.speedup, g.psnr.clip(upper=cap), ls=":" if steps else "-" if mine else "--",
-                marker="o" if mine else "^" if steps else "s", ms=6 if mine else 4, lw=2 if mine else 1,
-                color=colors[(2 * i) % 20 + (i // 10) % 2], label=fam, zorder=3 if mine else 2)
+        color, ms = colors[(2 * i) % 20 + (i // 10) % 2], 6 if mine else 4
+        marker = "o" if mine else "^" if steps else "s"
+        y = g.psnr.clip(upper=cap)
+        best = y[::-1].cummax()[::-1]  # the best PSNR at this speed or faster
+        up = y >= best  # the family's upper front: no point of it is both faster and closer
+        ax.plot(g.speedup[~up], y[~up], ls="none", marker=marker, ms=ms, color=color, alpha=0.5, zorder=2)
+        ax.plot(g.speedup[up], y[up], ls=":" if steps else "-" if mine else "--", marker=marker, ms=ms,
+                lw=2 if mine else 1, color=color, label=fam, zorder=3 if mine else 2)
     if mark is not None:
         row = df[df.method == mark]
         if len(row) != 1:
