@@ -109,12 +109,14 @@ def test_front_plot_draws_a_line_per_family():
     fig, ax = plt.subplots()
     plots.front(ax, df)
     assert len(ax.get_legend().get_texts()) == 2
+    assert ax.get_xlabel().startswith("speedup") and ax.get_ylabel().startswith("PSNR")
     plt.close(fig)
     df["method"] = ["full", "f1", "f2", "sea"]
     fig, ax = plt.subplots()
     plots.front(ax, df, mark="f2")  # the starred preset: one more legend entry, at its point
     assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == '"dqar" preset'
-    assert list(ax.get_lines()[-1].get_xydata()[0]) == [1.9, 40.0]
+    star = next(ln for ln in ax.get_lines() if ln.get_label() == '"dqar" preset')
+    assert list(star.get_xydata()[0]) == [1.9, 40.0]
     with pytest.raises(ValueError, match="'nope'"):
         plots.front(ax, df, mark="nope")
     plt.close(fig)

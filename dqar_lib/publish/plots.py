@@ -183,4 +183,7 @@ def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0,
             raise ValueError(f"mark={mark!r} names {len(row)} rows of the front; expected exactly one")
         x, y = float(row.speedup.iloc[0]), min(float(row.psnr.iloc[0]), cap)
         ax.plot([x], [y], marker="*", ms=16, color="gold", mec="k", zorder=5, ls="none", label=mark_label)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set(xlabel="speedup vs 50-step full compute (wall clock)",
+           ylabel=f"PSNR vs 50-step full compute (dB, capped at {cap:.0f})")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
