@@ -97,8 +97,8 @@ def speed_at_accuracy(df, family: str = "family", acc_tol: float = 0.02) -> dict
     if len(full) != 1:
         raise ValueError(f"speed_at_accuracy needs exactly one 'full' row to compare against, found {len(full)}")
     near = (df.class_accuracy - float(full.class_accuracy.iloc[0])).abs() <= acc_tol
-    return {fam: (float(g[near.loc[g.index]].speedup.max()) if near.loc[g.index].any() else None)
-            for fam, g in df.groupby(family)}
+    best = df[near].groupby(family).speedup.max()
+    return {fam: (float(best[fam]) if fam in best.index else None) for fam in df[family].unique()}
 
 
 def bar_point(df, prefix: str | tuple[str, ...] = "DQAR", min_psnr: float = 43.0,
@@ -137,7 +137,7 @@ def _profile_entry(profile, order: int) -> str:
 
 
 # the streak profiles the front sweeps (with the "dqar" preset's other fields), each with its forecast order: fewer
-# to more reuses, the "dqar" preset's own profile also at order 1 (what the quadratic forecast adds)
+# to more reuses, 1/2/1 at 0.3/0.9 also at order 1 (what the quadratic forecast adds on the same plan)
 PROFILES = ((((0.0, 1), (0.5, 2), (0.9, 1)), 2), (((0.0, 1), (0.4, 2), (0.9, 1)), 2),
             (((0.0, 1), (0.3, 2), (0.9, 1)), 2), (((0.0, 1), (0.3, 2), (0.9, 1)), 1),
             (((0.0, 1), (0.2, 2), (0.9, 1)), 2), (((0.0, 1), (0.3, 2), (0.94, 1)), 2),
