@@ -26,6 +26,11 @@ def git_commit() -> str:
         return fallback
 
 
+RUN_COMMIT = git_commit()
+"""The commit when this process imported dqar_lib.artifacts: a result written at the end of a long run names the
+code it started from, not a commit made while it ran."""
+
+
 def device_name(device: str | None = None) -> str:
     import torch
 
@@ -35,7 +40,8 @@ def device_name(device: str | None = None) -> str:
 
 
 def manifest(params: dict[str, Any] | None = None, device: str | None = None) -> dict[str, Any]:
-    """Where a result came from: device, versions, commit, parameters, date."""
+    """Where a result came from: device, versions, the commit the run started from (`RUN_COMMIT`), parameters,
+    date."""
     import diffusers
     import torch
 
@@ -44,7 +50,7 @@ def manifest(params: dict[str, Any] | None = None, device: str | None = None) ->
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),
-        "commit": git_commit(),
+        "commit": RUN_COMMIT,
         "params": params or {},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

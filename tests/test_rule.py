@@ -61,7 +61,8 @@ def assert_rule_replays(trace: list[dict], cfg: DQARConfig) -> None:
         p = None
         if policy is not None:
             with torch.no_grad():
-                p = policy(policy_features(H, snr, rows[0]["x_norm"], sp, L)).tolist()
+                p = policy(policy_features(H, snr, rows[0]["x_norm"], sp, L, rows[0]["x_change"],
+                                           state.streaks)).tolist()
         for i, ((ok, why), r) in enumerate(zip(state.plan(cfg, sp, H, snr, p, steps_left=S - 1 - s), rows)):
             if r["reason"] in CACHE_STATUSES:
                 assert s == 0 and ok and not r["reuse"], (s, i, r["reason"], why)

@@ -24,7 +24,7 @@ import torch
 
 from ..method.config import DQARConfig
 from ..method.files import DEFAULT_POLICY
-from ..method.policy import FEATURES, ReusePolicy, policy_features, save_policy
+from ..method.policy import ATTN_FEATURES, FEATURES, ReusePolicy, policy_features, save_policy
 from ..method.schedule import progress
 from ..models.sampling import sample
 from .tracing import gate_thresholds, record_trace
@@ -39,27 +39,30 @@ def _frame(rows: Rows) -> pd.DataFrame:
 
 
 def trace_features(rows: list[dict], num_layers: int, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """(n, 5) features of trace rows, built exactly as the controller builds them at decision time."""
-    out = [policy_features([r["H_t"]], r["SNR_t"], r["x_norm"], progress(r["t"], num_train_timesteps), 1)[0]
-           for r in rows]
+    """(n, len(FEATURES)) features of trace rows, built exactly as the controller builds them at decision time
+    (streak 0: a trace row's label is the cost of reusing the output of the step before)."""
+    out = [policy_features([r["H_t"]], r["SNR_t"], r["x_norm"], progress(r["t"], num_train_timesteps), 1,
+                           r.get("x_change"))[0] for r in rows]
     f = torch.stack(out) if out else torch.zeros(0, len(FEATURES))
     f[:, 4] = torch.tensor([r["layer"] / max(1, num_layers - 1) for r in rows])
     return f
 
 
 def train_policy(f: torch.Tensor, y: torch.Tensor, hidden: int = 64, depth: int = 2, epochs: int = 300,
-                 lr: float = 3e-3, seed: int = 0) -> tuple[ReusePolicy, list[float]]:
+                 lr: float = 3e-3, seed: int = 0,
+                 features: tuple[str, ...] = ATTN_FEATURES) -> tuple[ReusePolicy, list[float]]:
     """Fit p_reuse = P(reuse is cheap | features) by full-batch AdamW on binary cross-entropy.
 
-    f: (n, 5) features; y: (n,) labels in {0, 1} (1: reusing this (step, layer) costs little).
-    Features are standardised inside the first layer so the policy file is self-contained.
+    f: (n, len(FEATURES)) features (`policy_features` columns); y: (n,) labels in {0, 1} (1: reusing this
+    (step, layer) costs little). The policy reads the columns named in `features`; they are standardised inside
+    its first layer, so the policy file is self-contained.
     """
     if f.ndim != 2 or f.shape[1] != len(FEATURES) or y.shape != (f.shape[0],):
         raise ValueError(f"expected features (n, {len(FEATURES)}) and labels (n,), "
                          f"got {tuple(f.shape)} and {tuple(y.shape)}")
     torch.manual_seed(seed)
-    policy = ReusePolicy(hidden, depth)
-    mu, sd = f.mean(0), f.std(0).clamp_min(1e-6)
+    policy = ReusePolicy(hidden, depth, features)
+    mu, sd = f[:, policy.cols].mean(0), f[:, policy.cols].std(0).clamp_min(1e-6)
     with torch.no_grad():  # fold the standardisation into the first linear layer
         first = policy.net[0]
         first_w = first.weight.clone()

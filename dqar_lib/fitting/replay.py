@@ -55,17 +55,19 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
         sp = progress(rows[0]["t"], num_train_timesteps)
         state.advance(sp, cfg.warmup)
         H, snr = [r["H_t"] for r in rows], rows[0]["SNR_t"]
-        p = _policy_probs(policy, H, snr, rows[0]["x_norm"], sp) if cfg.use_policy and policy is not None else None
+        p = _policy_probs(policy, H, snr, rows[0]["x_norm"], sp, rows[0].get("x_change"), state.streaks) \
+            if cfg.use_policy and policy is not None else None
         for i, (ok, _) in enumerate(state.plan(cfg, sp, H, snr, p, prompt_length, steps_left=S - 1 - s)):
             plan[s, i] = ok and s > 0  # nothing is cached before the first step
             state.record(i, bool(plan[s, i]))
     return plan
 
 
-def _policy_probs(policy: ReusePolicy, H: list, snr: float | None, x_norm: float | None, s: float) -> list[float]:
+def _policy_probs(policy: ReusePolicy, H: list, snr: float | None, x_norm: float | None, s: float,
+                  x_change: float | None, streaks: list[int]) -> list[float]:
     """p_reuse of every layer at one step, from the features the controller builds at decision time."""
     with torch.no_grad():
-        return policy(policy_features(H, snr, x_norm, s, len(H))).tolist()
+        return policy(policy_features(H, snr, x_norm, s, len(H), x_change, streaks)).tolist()
 
 
 def drift_cost(run_rows: list[dict], plan: np.ndarray) -> np.ndarray:

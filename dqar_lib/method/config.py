@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .files import DEFAULT_CACHE_CALIBRATION, DEFAULT_POLICY
+from .files import DEFAULT_CACHE_CALIBRATION, DEFAULT_FORECAST_POLICY, DEFAULT_POLICY
 
 GRANULARITIES = ("attn", "kv", "block", "stack")
 CACHE_MODES = ("fp32", "fp16", "int8_tensor", "int8_channel", "mixed", "csb", "delta")
@@ -323,6 +323,12 @@ PRESETS: dict[str, dict] = {
     # the learned MLP policy (data/policy/policy.pt, trained in notebooks/05_policy) in place of the gates;
     # it was trained on the cost of reusing attention outputs, so it reuses attention outputs
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),
+    # the learned forecast policy (data/policy/forecast_policy.pt, trained in notebooks/05_policy on the measured
+    # cost of skipping each (step, streak)) in place of the "dqar" preset's streak profile: the same whole-stack
+    # quadratic forecast and delta cache, at most 3 reuses in a row (the streaks it was labelled on), the last
+    # step computes; policy_threshold is its knob (notebooks/09 sweeps it)
+    "dqar_policy": dict(_FORECAST, forecast_order=2, warmup=0.0, end_computes=1, max_reuse_streak=3,
+                        max_reuse_streak_end=None, use_policy=True, policy_path=str(DEFAULT_FORECAST_POLICY)),
 }
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(DQARConfig))

@@ -17,10 +17,10 @@ from .host import HostValue, host_float
 from .prediction import step_x0
 from .rule import RuleState
 from .schedule import progress
-from .stats import latent_norm, latent_snr
+from .stats import latent_change, latent_norm, latent_snr
 from .storage import load_csb_calibration
 
-TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "reuse", "reason", "change")
+TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "x_change", "reuse", "reason", "change")
 
 
 class DQARController:
@@ -70,6 +70,8 @@ class DQARController:
         self.H: list[HostValue | None] = [None] * L
         self.snr: HostValue | None = None
         self.x_norm: HostValue | None = None
+        self.x_change: HostValue | None = None  # the latent's relative L1 change over the last step (a policy feature)
+        self.x_last: torch.Tensor | None = None  # the latent the last step saw, for x_change
         self.inputs: list[torch.Tensor | None] = [None] * L  # each layer's input at its last compute (change gate)
         self.previous: list[torch.Tensor | None] = [None] * L  # its input at the last step (change_accumulate)
         self.accumulated = [0.0] * L  # the summed step-to-step change since its last compute (change_accumulate)
@@ -156,7 +158,8 @@ class DQARController:
     def _policy_probs(self, H: list, snr: float | None) -> list[float]:
         from .policy import policy_features
 
-        f = policy_features(H, snr, host_float(self.x_norm), self.s, self.num_layers)  # (L, 5)
+        f = policy_features(H, snr, host_float(self.x_norm), self.s, self.num_layers, host_float(self.x_change),
+                            self.rule.streaks)  # (L, len(FEATURES))
         with torch.no_grad():
             return self.policy(f).tolist()
 
@@ -260,23 +263,30 @@ class DQARController:
             self.first = reuse, reason
         self.rule.record(i, reuse)
         (self.reused if reuse else self.computed)[i] += 1
-        self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, reuse, reason, self.change[i]))
+        self.rows.append((self.step, self.t, i, self.H[i], self.snr, self.x_norm, self.x_change, reuse, reason,
+                          self.change[i]))
 
     # ---- statistics ----------------------------------------------------------------------
     def wants_entropy(self) -> bool:
-        """H_t is measured for the trace (`collect_stats`) or where a rule reads it (entropy gate, policy)."""
+        """H_t is measured for the trace (`collect_stats`) or where a rule reads it (the entropy gate, a policy that
+        reads H_t)."""
         c = self.config
-        return c.collect_stats or c.enabled and (c.use_entropy_gate or c.use_policy)
+        reads = self.policy is not None and "H_t" in self.policy.features
+        return c.collect_stats or c.enabled and (c.use_entropy_gate or reads)
 
     def set_entropy(self, i: int, H_t: torch.Tensor) -> None:
         self.H[i] = HostValue(H_t)
 
     def end_step(self, x_t: torch.Tensor, model_output: torch.Tensor) -> None:
-        """After the forward: SNR_t from the predicted x0 and ||x_t||, read by the next step."""
+        """After the forward: SNR_t from the predicted x0, ||x_t|| and its relative L1 change since the last step,
+        read by the next step."""
         c = self.config
         if not (c.collect_stats or c.enabled and (c.use_snr_gate or c.use_policy)) or self.t is None:
             return  # SNR_t and ||x_t|| are for the trace, the SNR gate and the policy only
         self.x_norm = HostValue(latent_norm(x_t))
+        if self.x_last is not None and self.x_last.shape == x_t.shape:
+            self.x_change = HostValue(latent_change(x_t, self.x_last))
+        self.x_last = x_t.detach().clone()
         c = x_t.shape[1]
         out = model_output[:, :c]  # learned-sigma models emit (eps, var)
         x0 = step_x0(self.scheduler, x_t, out, self.t, self.step, self.num_train_timesteps)  # per prediction type
@@ -286,8 +296,8 @@ class DQARController:
 
     def trace(self) -> list[dict]:
         """One row per (step, layer): t, H_t, SNR_t, ||x_t|| (the values the decision saw), reuse, reason."""
-        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), u, why, d)))
-                for (s, t, i, h, r, n, u, why, d) in self.rows]
+        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), host_float(x), u, why, d)))
+                for (s, t, i, h, r, n, x, u, why, d) in self.rows]
 
     def refusal(self) -> str | None:
         """Why this run reused nothing, in one sentence naming the rule that refused most and what it saw (the

@@ -1,7 +1,11 @@
-"""The learned reuse policy: a small MLP from (H_t, SNR_t, ||x_t||, t, layer) to p_reuse.
+"""The learned reuse policy: a small MLP from a step's signals to p_reuse.
 
-Features are built on the host for all layers of a step at once, so a step costs one tiny forward.
-Fitting it from traces (`train_policy`, `trace_features`) is dqar_lib.fitting.policy_fit.
+The signals (`FEATURES`) are H_t, log SNR_t, ||x_t||, the progress t, the layer's depth, the latent's relative L1
+change over the last step (x_change) and the layer's reuse streak so far. A policy reads a subset of them (its
+`features`, stored in its file): the attention-reuse policy of notebooks/05 reads the first five, the forecast
+policy what its ablation keeps. Features are built on the host for all layers of a step at once, so a step costs
+one tiny forward. Fitting: dqar_lib.fitting.policy_fit (attention outputs), dqar_lib.fitting.forecast_policy
+(whole-stack forecast reuse).
 """
 
 from __future__ import annotations
@@ -12,16 +16,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FEATURES = ("H_t", "log_snr", "x_norm", "progress", "layer_frac")
+FEATURES = ("H_t", "log_snr", "x_norm", "progress", "layer_frac", "x_change", "streak")
+"""Every signal a policy may read, in the column order of `policy_features`."""
+ATTN_FEATURES = FEATURES[:5]
+"""What the attention-reuse policy reads (the proposal's signals)."""
 FORMAT = "dqar-policy-v1"
 
 
 class ReusePolicy(nn.Module):
-    """MLP: (n, 5) features -> (n,) p_reuse. Well under 0.5 M parameters at the default width."""
+    """MLP: (n, len(FEATURES)) features -> (n,) p_reuse, reading only the columns of its `features`.
+    Well under 0.5 M parameters at the default width."""
 
-    def __init__(self, hidden: int = 64, depth: int = 2):
+    def __init__(self, hidden: int = 64, depth: int = 2, features: tuple[str, ...] = ATTN_FEATURES):
         super().__init__()
-        dims = [len(FEATURES)] + [hidden] * depth
+        unknown = [f for f in features if f not in FEATURES]
+        if unknown or not features or len(set(features)) != len(features):
+            raise ValueError(f"policy features {tuple(features)} are invalid: expected distinct names from {FEATURES}")
+        self.features = tuple(features)
+        self.register_buffer("cols", torch.tensor([FEATURES.index(f) for f in self.features]), persistent=False)
+        dims = [len(self.features)] + [hidden] * depth
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.SiLU()]
@@ -29,21 +42,27 @@ class ReusePolicy(nn.Module):
         self.hidden, self.depth = hidden, depth
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(f).squeeze(-1))  # (n,)
+        if f.ndim != 2 or f.shape[1] != len(FEATURES):
+            raise ValueError(f"expected features (n, {len(FEATURES)}) in the order {FEATURES}, got {tuple(f.shape)}")
+        return torch.sigmoid(self.net(f[:, self.cols]).squeeze(-1))  # (n,)
 
 
-def policy_features(H_t: list, snr_t: float | None, x_norm: float | None, s: float, num_layers: int) -> torch.Tensor:
-    """(num_layers, 5) host tensor; unknown values become neutral numbers (entropy 1, log-SNR -10, norm 1)."""
+def policy_features(H_t: list, snr_t: float | None, x_norm: float | None, s: float, num_layers: int,
+                    x_change: float | None = None, streaks: list[int] | None = None) -> torch.Tensor:
+    """(num_layers, len(FEATURES)) host tensor; unknown values become neutral numbers (entropy 1, log-SNR -10,
+    norm 1, change 0, streak 0)."""
     log_snr = math.log(max(snr_t, 1e-10)) if snr_t is not None else -10.0
-    rows = [[1.0 if h is None else h, log_snr, 1.0 if x_norm is None else x_norm, s, i / max(1, num_layers - 1)]
-            for i, h in enumerate(H_t)]
+    d = 0.0 if x_change is None else x_change
+    k = [0] * len(H_t) if streaks is None else streaks
+    rows = [[1.0 if h is None else h, log_snr, 1.0 if x_norm is None else x_norm, s, i / max(1, num_layers - 1),
+             d, float(k[i])] for i, h in enumerate(H_t)]
     return torch.tensor(rows, dtype=torch.float32)
 
 
 def save_policy(policy: ReusePolicy, path: Path | str, meta: dict | None = None) -> None:
     from .files import atomic_write
 
-    blob = {"format": FORMAT, "features": FEATURES, "hidden": policy.hidden, "depth": policy.depth,
+    blob = {"format": FORMAT, "features": policy.features, "hidden": policy.hidden, "depth": policy.depth,
             "state_dict": policy.state_dict(), "meta": meta or {}}
     with atomic_write(path, "wb") as f:
         torch.save(blob, f)
@@ -54,8 +73,10 @@ def load_policy(path: Path | str) -> ReusePolicy:
     from .files import load_tagged
 
     blob = load_tagged(path, FORMAT, "policy")
-    if tuple(blob.get("features", ())) != FEATURES:
-        raise ValueError(f"{path} is not a DQAR policy file for features {FEATURES}: it has {blob.get('features')}")
-    policy = ReusePolicy(blob["hidden"], blob["depth"])
+    features = tuple(blob.get("features", ()))
+    if not features or any(f not in FEATURES for f in features):
+        raise ValueError(f"{path} is not a DQAR policy file for features drawn from {FEATURES}: it has {features}")
+    policy = ReusePolicy(blob["hidden"], blob["depth"], features)
     policy.load_state_dict(blob["state_dict"])
     return policy.eval()
+

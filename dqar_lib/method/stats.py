@@ -53,3 +53,9 @@ def latent_snr(x0: torch.Tensor, x_t: torch.Tensor, eps: float = 1e-8) -> torch.
 def latent_norm(x_t: torch.Tensor) -> torch.Tensor:
     """||x_t|| per element (RMS), so it does not grow with batch or resolution; a 0-d tensor."""
     return x_t.float().pow(2).mean().sqrt()
+
+
+def latent_change(x_t: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """||x_t - x_prev||_1 / ||x_prev||_1: the latent's relative L1 change over one step; a 0-d tensor."""
+    x_t, x_prev = x_t.float(), x_prev.float()
+    return (x_t - x_prev).abs().mean() / x_prev.abs().mean().clamp_min(1e-12)
