@@ -70,7 +70,7 @@ def test_entries_cover_every_family_and_resolve():
     families = {f for f, _ in e.values()}
     assert {"fewer DDIM steps", "fewer DPM-Solver steps", "DQAR forecast", "SeaCache", "MagCache", "TaylorSeer",
             "FirstBlockCache", "PAB", "cache-dit DBCache", "cache-dit DBCache+TaylorSeer",
-            "DQAR change gate"} <= families
+            "DQAR change gate", "DQAR policy", "DQAR profile"} <= families
     plans = {0.5: DQARConfig.preset("forecast", forecast_order=1)}
     assert front_entries(plans=plans)["DQAR plan 0.50"] == ("DQAR fitted plan", (plans[0.5], 50))
     for _, (method, steps, *_) in e.values():

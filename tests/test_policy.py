@@ -14,19 +14,20 @@ def test_policy_is_small():
 
 def test_train_policy_learns_a_separable_rule():
     g = torch.Generator().manual_seed(0)
-    f = torch.randn(400, 5, generator=g) * torch.tensor([0.01, 3.0, 1.0, 0.3, 0.5]) + torch.tensor([0.9, 0, 1, .5, .5])
+    f = torch.randn(400, 7, generator=g) * torch.tensor([0.01, 3.0, 1.0, 0.3, 0.5, 0.1, 1.0]) \
+        + torch.tensor([0.9, 0, 1, .5, .5, .1, 1.0])
     y = (f[:, 1] > 0).float()  # cheap to reuse exactly when log-SNR is positive
     policy, losses = train_policy(f, y, epochs=200)
     assert losses[-1] < 0.2 * losses[0]
     assert ((policy(f) > 0.5).float() == y).float().mean() > 0.95
-    with pytest.raises(ValueError, match=r"expected features \(n, 5\)"):
+    with pytest.raises(ValueError, match=r"expected features \(n, 7\)"):
         train_policy(f[:, :3], y)
 
 
 def test_trace_features_match_the_controller(dit):
     rows = record_trace(dit, [0, 1], num_steps=5)
     f = trace_features(rows, num_layers=3)
-    assert f.shape == (15, 5)
+    assert f.shape == (15, 7)
     assert f[0, 0] == 1.0 and f[0, 1] == -10.0  # unknown before the first step: neutral values
     assert torch.allclose(f[3:6, 4], torch.tensor([0.0, 0.5, 1.0]))
 
@@ -37,7 +38,7 @@ def test_policy_file_roundtrip_and_errors(tmp_path, dit):
     path = tmp_path / "p.pt"
     save_policy(policy, path, meta={"note": "test"})
     loaded = load_policy(path)
-    x = torch.randn(4, 5)
+    x = torch.randn(4, 7)
     assert torch.equal(loaded(x), policy(x))
     ctl = apply_dqar(dit, DQARConfig.preset("policy", policy_path=str(path), warmup=0.0, max_reuse_streak=10))
     run_steps(dit, dit_inputs)

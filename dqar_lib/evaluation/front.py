@@ -169,10 +169,12 @@ def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor
 
 def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dpm=(10, 15, 20, 25),
                   forecast_caps=((1, 3), (1, 4), (1, 5), (1, 6), (2, 5)),
-                  plans: dict | None = None, profiles=PROFILES) -> dict[str, tuple[str, tuple]]:
+                  plans: dict | None = None, profiles=PROFILES,
+                  policy_thresholds=(0.2, 0.35, 0.5, 0.65, 0.8)) -> dict[str, tuple[str, tuple]]:
     """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
     DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
-    the second), DQAR's streak profiles (the "dqar" preset's family: `profiles`, (profile, order) pairs), DQAR's
+    the second), DQAR's streak profiles (the "dqar" preset's family: `profiles`, (profile, order) pairs), the
+    learned forecast policy (the "dqar_policy" preset) over its threshold (`policy_thresholds`), DQAR's
     change gate (the stack's input change since it last computed, under the same caps), DQAR's
     gate preset and its order-0 static plan, each diffusers peer over its main knob, and
     cache-dit's DBCache over its threshold, plain and with its TaylorSeer calibrator. `plans` (budget -> config,
@@ -189,6 +191,8 @@ def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dp
     dq = DQARConfig.preset("dqar")
     e |= {_profile_entry(p, o): ("DQAR profile", (dq.replace(streak_profile=p, forecast_order=o), num_steps))
           for p, o in profiles}
+    e |= {f"DQAR policy p>={t:g}": ("DQAR policy", (DQARConfig.preset("dqar_policy", policy_threshold=t), num_steps))
+          for t in policy_thresholds}
     e |= {f"DQAR plan {b:.2f}": ("DQAR fitted plan", (cfg, num_steps)) for b, cfg in (plans or {}).items()}
     e |= {f"DQAR change {a}->{b}, delta={d}": ("DQAR change gate", (fc.replace(
         use_change_gate=True, change_scope="stack", delta=d, max_reuse_streak=a, max_reuse_streak_end=b), num_steps))

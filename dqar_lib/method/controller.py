@@ -296,8 +296,8 @@ class DQARController:
 
     def trace(self) -> list[dict]:
         """One row per (step, layer): t, H_t, SNR_t, ||x_t|| (the values the decision saw), reuse, reason."""
-        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), host_float(x), u, why, d)))
-                for (s, t, i, h, r, n, x, u, why, d) in self.rows]
+        return [dict(zip(TRACE_FIELDS, (s, t, i, host_float(h), host_float(r), host_float(n), host_float(x), u, why,
+                                        d))) for (s, t, i, h, r, n, x, u, why, d) in self.rows]
 
     def refusal(self) -> str | None:
         """Why this run reused nothing, in one sentence naming the rule that refused most and what it saw (the

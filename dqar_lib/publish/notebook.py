@@ -16,7 +16,7 @@ def check_parameters(**params) -> None:
     """Validate the usual notebook parameters; a bad value raises a ValueError that names the parameter.
 
     Known names: profile, steps/num_steps/pipe_steps, batch, depth, per_class, repeats, seed(s), scheduler, tau, alpha,
-    guidance_scale, target_reuse, cheap_quantile, n_tau, n_snr, budgets.
+    guidance_scale, target_reuse, cheap_quantile, n_tau, n_snr, budgets, fit.
     Under papermill it first refuses a parameter the notebook does not declare (`refuse_unknown_parameters`).
     """
     refuse_unknown_parameters()
@@ -41,6 +41,9 @@ def check_parameters(**params) -> None:
             raise ValueError(f"parameter {name}={v!r} is invalid: expected an integer from 2 to 12")
         if name == "guidance_scale" and not (isinstance(v, (int, float)) and v >= 1.0):
             raise ValueError(f"parameter guidance_scale={v!r} is invalid: expected a number >= 1")
+        if name == "fit" and not (isinstance(v, (list, tuple)) and set(v) <= {"attn", "forecast"}):
+            raise ValueError(f"parameter fit={v!r} is invalid: expected a list drawn from ['attn', 'forecast'] "
+                             "(with papermill: -y 'fit: [forecast]')")
         if name == "budgets" and not (isinstance(v, (list, tuple)) and v and all(
                 isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in v)):
             raise ValueError(f"parameter budgets={v!r} is invalid: expected a non-empty list of fractions in [0, 1) "

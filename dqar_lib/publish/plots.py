@@ -187,3 +187,26 @@ def front(ax, df, family: str = "family", ours: str = "DQAR", cap: float = 60.0,
     ax.set(xlabel="speedup vs 50-step full compute (wall clock)",
            ylabel=f"PSNR vs 50-step full compute (dB, capped at {cap:.0f})")
     ax.legend(fontsize=7, loc="upper right", ncol=2)
+
+
+def skip_costs(ax, rows) -> None:
+    """The measured cost of skipping each step (`forecast_policy.policy_rows` rows: step, streak, cost), one line
+    per streak, the median over the rows' runs; log scale."""
+    med = rows.groupby(["streak", "step"]).cost.median()
+    for k in sorted(rows.streak.unique()):
+        ax.plot(med.loc[k].index, med.loc[k].values, label=f"streak {k}" + (" (right after a compute)" if k == 0
+                                                                             else ""))
+    ax.set(xlabel="step", ylabel="image RMS error of the skip", yscale="log")
+    ax.legend(fontsize=8)
+
+
+def knob_curve(ax, curve, point: dict, point_label: str, knob: str = "threshold") -> None:
+    """PSNR against reuse fraction of a method swept over its knob (`curve`: dicts with psnr, reuse and the knob,
+    written beside each point), and one reference `point` (psnr, reuse) starred."""
+    x, y = [c["reuse"] for c in curve], [c["psnr"] for c in curve]
+    ax.plot(x, y, "o-", label=f"swept over its {knob}")
+    for c in curve:
+        ax.annotate(f"{c[knob]:g}", (c["reuse"], c["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.plot([point["reuse"]], [point["psnr"]], "*", ms=14, label=point_label)
+    ax.set(xlabel="reuse fraction", ylabel="PSNR vs full compute (dB)")
+    ax.legend(fontsize=8)
