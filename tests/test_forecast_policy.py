@@ -30,9 +30,10 @@ def test_streak_errors_vanish_on_a_polynomial_of_the_forecasts_order():
 
 def test_streak_errors_forecast_from_computes_spaced_a_streak_apart():
     R = torch.zeros(8, 1)
-    R[5] = 1.0  # a spike at step 5: any forecast that reads step 5 misses by the spike's extrapolation
+    R[3] = 1.0  # a spike at step 3: any forecast that reads step 3 misses by the spike's extrapolation
     e = streak_errors(R + 1.0, order=1, streaks=(0, 1))
-    # streak 1 at step 7 forecasts from steps 5 and 3 (reads the spike); at step 6 from steps 4 and 2 (does not)
+    # streak 1 at step 7 forecasts from steps 5 and 3 (reads the spike); at step 6 from steps 4 and 2 (does not;
+    # consecutive computes 4 and 3 would)
     assert e[6, 1] < 1e-12 and e[7, 1] > 0.1
     with pytest.raises(ValueError, match="order=0 is invalid"):
         streak_errors(R, order=0)
@@ -120,3 +121,24 @@ def test_fit_and_evaluate_runs_end_to_end_and_refuses_overlap(tmp_path, dit):
     assert 0.0 <= r["preset"]["reuse"] <= 1.0 and len(r["curve"]) == 1
     with pytest.raises(ValueError, match=r"share seeds \[5\]"):
         fit_and_evaluate_forecast_policy(dit, psnr, **(kw | dict(test_seeds=[5])))
+
+
+def test_the_policy_plots_draw_what_they_are_given():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from dqar_lib.publish import plots
+
+    rows = pd.DataFrame(dict(step=[2, 2, 2, 3, 3, 3, 3], streak=[0, 0, 0, 0, 0, 1, 1],
+                             cost=[1.0, 2.0, 6.0, 2.0, 2.0, 5.0, 7.0]))
+    fig, (a, b) = plt.subplots(1, 2)
+    plots.skip_costs(a, rows)
+    lines = a.get_lines()
+    assert len(lines) == 2 and lines[0].get_xydata().tolist() == [[2, 2.0], [3, 2.0]]  # medians over runs
+    assert lines[1].get_xydata().tolist() == [[3, 6.0]] and a.get_yscale() == "log"
+    curve = [dict(threshold=0.2, psnr=40.0, reuse=0.6), dict(threshold=0.8, psnr=45.0, reuse=0.4)]
+    plots.knob_curve(b, curve, dict(psnr=44.0, reuse=0.5), "preset")
+    assert b.get_lines()[0].get_xydata().tolist() == [[0.6, 40.0], [0.4, 45.0]]
+    assert b.get_lines()[1].get_xydata().tolist() == [[0.5, 44.0]] and b.get_xlabel() == "reuse fraction"
+    assert [t.get_text() for t in b.texts] == ["0.2", "0.8"]
+    plt.close(fig)
