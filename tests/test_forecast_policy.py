@@ -19,13 +19,18 @@ def test_streak_errors_vanish_on_a_polynomial_of_the_forecasts_order():
     base = torch.randn(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     R_lin = (1.0 + 0.5 * s)[:, None] * base  # (S, 5), linear in the step
     R_quad = (1.0 + 0.5 * s + 0.1 * s**2)[:, None] * base
-    e1, e2 = streak_errors(R_lin, order=1), streak_errors(R_quad, order=2)
-    assert np.nanmax(e1) < 1e-9 and np.nanmax(e2) < 1e-9
-    assert np.nanmin(streak_errors(R_quad, order=1)) > 1e-3  # a line misses the curvature
-    # order 1, streak k: computes at s - k - 1 and s - 2k - 2; order 2 adds s - 3k - 3
-    assert np.isnan(e1[1, 0]) and not np.isnan(e1[2, 0])
-    assert np.isnan(e1[5, 2]) and not np.isnan(e1[6, 2])
-    assert np.isnan(e2[8, 2]) and not np.isnan(e2[9, 2])
+    k3 = (0, 1, 2)
+    e1, e2 = streak_errors(R_lin, order=1, streaks=k3), streak_errors(R_quad, order=2, streaks=k3)
+    for e, order in ((e1, 1), (e2, 2)):  # exact wherever the whole history exists: s - (order + 1)(k + 1) >= 0
+        full = [e[t, j] for j, k in enumerate(k3) for t in range(12) if t >= (order + 1) * (k + 1)]
+        assert max(full) < 1e-9
+    assert np.nanmin(streak_errors(R_quad, order=1, streaks=k3)) > 1e-3  # a line misses the curvature
+    # near the start fewer computes exist and the forecast's order drops, as at runtime: at step 1 a copy of step 0
+    assert e1[1, 0] == pytest.approx(float((R_lin[1] - R_lin[0]).norm() / R_lin[1].norm()))
+    assert e2[2, 0] > 1e-3  # step 2 has two computes: a line, which misses the curvature
+    # NaN only where no compute precedes: s - k - 1 < 0
+    nan = [(t, k) for k in k3 for t in range(12) if np.isnan(e1[t, k])]
+    assert nan == [(0, 0), (0, 1), (1, 1), (0, 2), (1, 2), (2, 2)]
 
 
 def test_streak_errors_forecast_from_computes_spaced_a_streak_apart():

@@ -170,7 +170,7 @@ def distribution_quality(model: torch.nn.Module, method, reference: torch.Tensor
 def front_entries(num_steps: int = 50, fewer_ddim=(10, 20, 25, 30, 40), fewer_dpm=(10, 15, 20, 25),
                   forecast_caps=((1, 3), (1, 4), (1, 5), (1, 6), (2, 5)),
                   plans: dict | None = None, profiles=PROFILES,
-                  policy_thresholds=(0.2, 0.35, 0.5, 0.65, 0.8)) -> dict[str, tuple[str, tuple]]:
+                  policy_thresholds=(0.02, 0.05, 0.1, 0.2, 0.4)) -> dict[str, tuple[str, tuple]]:
     """The front's entries, name -> (family, (method, steps[, scheduler])): full compute, fewer DDIM and
     DPM-Solver steps, DQAR's forecast preset over its knob (the reuse-streak cap, growing from the first value to
     the second), DQAR's streak profiles (the "dqar" preset's family: `profiles`, (profile, order) pairs), the

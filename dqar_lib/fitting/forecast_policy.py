@@ -3,15 +3,18 @@ computes. The learned alternative to the "dqar" preset's hand-set streak profile
 
 Labels are the measured cost of skipping, per (step s, streak k), k being the reuses since the last compute:
 
-    cost(s, k) = g_s * e_k(s)
+    cost(s, k) = r_s * e_k(s) / e_1(s)
 
-- g_s: the final images' RMS error when step s alone skips, per unit of forecast miss (`plan_fit.skip_gains`,
-  measured by sampling once per step);
+- r_s: the final images' RMS error when step s alone skips (`plan_fit.skip_rms`, one sampling run per step), its
+  residual served by a linear forecast from steps s-2 and s-1, whose miss is e_1(s);
 - e_k(s): the relative miss of the forecast, at `order`, of the stack residual R_s from computes spaced k + 1
   steps apart, the last at s - k - 1, along full compute's path (`streak_errors`): the computes a policy has when
-  it keeps reusing k steps a compute.
+  it keeps reusing k steps a compute (fewer near the start, as the runtime forecast has).
 
-A (step, streak) row is *cheap* (y = 1) below the `cheap_quantile` of the training rows' cost. The features are
+The policy is fitted to soft labels, y = sigmoid((ln c - ln cost) / T), with c the `cheap_quantile` of the
+training rows' cost and T the `softness`: p_reuse ranks rows by their predicted cost, so its threshold is one knob
+over the whole range (p >= 0.5 reuses where the predicted cost is below c; lower thresholds admit dearer skips).
+For the AUC a row is *cheap* below c. The features are
 those the controller builds at decision time (`policy_features`), read off a full-compute trace at layer 0 (the
 stack's decision) with the streak set to k. Training and held-out runs differ in labels and seeds;
 `fit_and_evaluate_forecast_policy` trains, saves, compares the policy with the "dqar" preset at equal reuse on
@@ -35,12 +38,13 @@ from ..method.forecast import newton_weights
 from ..method.policy import ReusePolicy, policy_features, save_policy
 from ..method.schedule import progress
 from ..models.sampling import sample
-from .plan_fit import forecast_errors, residual_trace, skip_gains
+from .plan_fit import residual_trace, skip_rms
 from .policy_fit import match_reuse_threshold, train_policy
 from .tracing import record_trace
 
-STREAKS = (0, 1, 2)
-"""The streaks labelled: a skip right after a compute, and the second and third in a row."""
+STREAKS = (0, 1)
+"""The streaks labelled: a skip right after a compute, and the second in a row (the "dqar_policy" preset caps
+streaks at 2; a pilot with a cap of 3 lost up to 10 dB on held-out seeds to third skips late in the run)."""
 SIGNALS = ("H_t", "log_snr", "x_norm", "progress", "x_change", "streak")
 """What the forecast policy reads (the layer's depth is constant for the stack's decision)."""
 _Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -49,7 +53,8 @@ _Metric = Callable[[torch.Tensor, torch.Tensor], float]
 def streak_errors(R: torch.Tensor, order: int, streaks: Sequence[int] = STREAKS) -> np.ndarray:
     """(S, len(streaks)) e_k(s): the relative L2 miss of the order-`order` forecast of R_s (R: (S, ...), the stack
     residual at every step of full compute) from the computes at s - k - 1 - m (k + 1), m = 0 .. order, in the step
-    index; NaN where those computes would fall before step 0."""
+    index; those before step 0 are left out (a lower order, as the runtime forecast serves with fewer computes);
+    NaN where none is left."""
     if order not in (1, 2):
         raise ValueError(f"order={order!r} is invalid: the forecast policy serves a forecast of order 1 or 2")
     S = R.shape[0]
@@ -57,8 +62,8 @@ def streak_errors(R: torch.Tensor, order: int, streaks: Sequence[int] = STREAKS)
     e = np.full((S, len(streaks)), np.nan)
     for j, k in enumerate(streaks):
         for s in range(S):
-            steps = [s - k - 1 - m * (k + 1) for m in range(order, -1, -1)]  # oldest first
-            if steps[0] < 0:
+            steps = [a for a in (s - k - 1 - m * (k + 1) for m in range(order, -1, -1)) if a >= 0]  # oldest first
+            if not steps:
                 continue
             w = newton_weights([float(a) for a in steps], float(s))
             F = sum(wi * flat[a] for wi, a in zip(w, steps))
@@ -68,11 +73,11 @@ def streak_errors(R: torch.Tensor, order: int, streaks: Sequence[int] = STREAKS)
 
 def policy_rows(model, labels, seed: int, num_steps: int, order: int, progress_bar: bool = True) -> pd.DataFrame:
     """One row per (step, streak) of one sampling run (`labels`, `seed`): the decision-time signals of layer 0 in a
-    full-compute trace, the streak, g_s, e_k(s) and their product, the cost. Costs 2 + num_steps - 2 sampling runs
-    (the trace, the residuals, one skip per step)."""
+    full-compute trace, the streak, the gain g_s = r_s / e_1(s), e_k(s) and the cost g_s e_k(s). Costs num_steps + 2
+    sampling runs (the trace, the residuals, full compute, one skip per step from step 1)."""
     trace = [r for r in record_trace(model, labels, num_steps=num_steps, seed=seed) if r["layer"] == 0]
     R = residual_trace(model, labels, num_steps, seed)  # (S, B, tokens, D)
-    g = skip_gains(model, labels, forecast_errors(R), num_steps, seed, progress=progress_bar)
+    g = skip_rms(model, labels, num_steps, seed, first=1, progress=progress_bar) / streak_errors(R, 1, (0,))[:, 0]
     e = streak_errors(R, order)
     rows = []
     for r in trace:
@@ -117,7 +122,8 @@ def quality(runs: list, full: list, psnr: _Metric) -> tuple[float, float]:
 def fit_and_evaluate_forecast_policy(model, psnr: _Metric, *, num_steps: int, train_labels: Sequence[int],
                                      train_seeds: Sequence[int], test_labels: Sequence[int],
                                      test_seeds: Sequence[int], order: int = 2, cheap_quantile: float = 0.5,
-                                     thresholds: Sequence[float] = (0.2, 0.35, 0.5, 0.65, 0.8),
+                                     softness: float = 0.5,
+                                     thresholds: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4),
                                      policy_path: Path | str = DEFAULT_FORECAST_POLICY,
                                      progress_bar: bool = True) -> dict:
     """Label, train and save the forecast policy (to `policy_path`, reading `SIGNALS`), then on held-out labels and
@@ -137,9 +143,12 @@ def fit_and_evaluate_forecast_policy(model, psnr: _Metric, *, num_steps: int, tr
               for s in tqdm(seeds, desc=f"{split} labels", disable=not progress_bar, leave=False)]
     rows = pd.concat(frames, ignore_index=True)
     train, test = rows[rows.split == "train"], rows[rows.split == "test"]
+    if not softness > 0:
+        raise ValueError(f"softness={softness!r} is invalid: expected a positive temperature (in ln cost)")
     thr = float(train.cost.quantile(cheap_quantile))
     f_tr, f_te = row_features(train), row_features(test)
-    y_tr, y_te = torch.tensor((train.cost < thr).values).float(), torch.tensor((test.cost < thr).values).float()
+    y_tr = torch.sigmoid(torch.tensor(np.log(thr / train.cost.values) / softness)).float()  # soft: ranks by cost
+    hard_tr, y_te = torch.tensor((train.cost < thr).values).float(), torch.tensor((test.cost < thr).values).float()
 
     full = heldout(model, None, list(test_labels), test_seeds, num_steps)
     preset = quality(heldout(model, DQARConfig.preset("dqar", forecast_order=order), list(test_labels), test_seeds,
@@ -154,14 +163,15 @@ def fit_and_evaluate_forecast_policy(model, psnr: _Metric, *, num_steps: int, tr
 
     def fit(features: tuple[str, ...], path: Path | str) -> tuple[ReusePolicy, list[float]]:
         policy, losses = train_policy(f_tr, y_tr, features=features)
-        save_policy(policy, path, meta=dict(cheap_threshold=thr, cheap_quantile=cheap_quantile, order=order,
+        save_policy(policy, path, meta=dict(cheap_threshold=thr, cheap_quantile=cheap_quantile, softness=softness,
+                                            order=order,
                                             steps=num_steps, train_labels=list(train_labels),
                                             train_seeds=list(train_seeds)))
         return policy, losses
 
     policy, losses = fit(SIGNALS, policy_path)
     with torch.no_grad():
-        auc_train, auc_test = roc_auc(policy(f_tr), y_tr), roc_auc(policy(f_te), y_te)
+        auc_train, auc_test = roc_auc(policy(f_tr), hard_tr), roc_auc(policy(f_te), y_te)
     curve = [dict(threshold=float(t), **dict(zip(("psnr", "reuse"), at(policy_path)(t)))) for t in thresholds]
     threshold, (p_psnr, p_reuse) = match_reuse_threshold(at(policy_path), preset[1], iters=8)
     ablation = [dict(dropped="none", auc_test=auc_test, psnr=p_psnr, reuse=p_reuse, threshold=threshold)]

@@ -88,20 +88,33 @@ def forecast_errors(R: torch.Tensor, fitted: bool = False) -> np.ndarray:
     return e
 
 
-def skip_gains(model: torch.nn.Module, labels, e: np.ndarray, num_steps: int = 50, seed: int = 0,
-               base: DQARConfig = BASE, progress: bool = True, **sample_kwargs) -> np.ndarray:
-    """g_s = RMS image error of skipping step s alone / e(s-2, s-1, s), for s >= 2 (g_0 = g_1 = inf)."""
+def skip_rms(model: torch.nn.Module, labels, num_steps: int = 50, seed: int = 0, base: DQARConfig = BASE,
+             first: int = 2, progress: bool = True, **sample_kwargs) -> np.ndarray:
+    """r_s = RMS image error against full compute of skipping step s alone (served by `base`: a linear forecast
+    from steps s-2 and s-1, a copy of step 0 at s = 1), for s >= `first`; NaN before it."""
     from ..models.sampling import sample
 
+    if not 1 <= first < num_steps:
+        raise ValueError(f"first={first!r} is invalid: step 0 has nothing to serve a skip from, so 1 <= first < "
+                         f"{num_steps}")
     L = len(self_attention_modules(model))
     ref = sample(model, labels, num_steps=num_steps, seed=seed, progress=False, **sample_kwargs).images
-    g = np.full(num_steps, np.inf)
-    for s in tqdm(range(2, num_steps), desc="skip gains", disable=not progress, leave=False):
+    r = np.full(num_steps, np.nan)
+    for s in tqdm(range(first, num_steps), desc="skip costs", disable=not progress, leave=False):
         plan = tuple(tuple([i == s] * L) for i in range(num_steps))
         img = sample(model, labels, num_steps=num_steps, seed=seed, progress=False,
                      dqar=base.replace(static_plan=plan), **sample_kwargs).images
-        rms = float((img.float() - ref.float()).pow(2).mean().sqrt())
-        g[s] = rms / max(e[s - 2, s - 1, s], 1e-12)
+        r[s] = float((img.float() - ref.float()).pow(2).mean().sqrt())
+    return r
+
+
+def skip_gains(model: torch.nn.Module, labels, e: np.ndarray, num_steps: int = 50, seed: int = 0,
+               base: DQARConfig = BASE, progress: bool = True, **sample_kwargs) -> np.ndarray:
+    """g_s = RMS image error of skipping step s alone (`skip_rms`) / e(s-2, s-1, s), for s >= 2 (g_0 = g_1 = inf)."""
+    r = skip_rms(model, labels, num_steps, seed, base, 2, progress, **sample_kwargs)
+    g = np.full(num_steps, np.inf)
+    for s in range(2, num_steps):
+        g[s] = r[s] / max(e[s - 2, s - 1, s], 1e-12)
     return g
 
 

@@ -325,9 +325,9 @@ PRESETS: dict[str, dict] = {
     "policy": dict(use_policy=True, policy_path=str(DEFAULT_POLICY), use_schedule=False, granularity="attn"),
     # the learned forecast policy (data/policy/forecast_policy.pt, trained in notebooks/05_policy on the measured
     # cost of skipping each (step, streak)) in place of the "dqar" preset's streak profile: the same whole-stack
-    # quadratic forecast and delta cache, at most 3 reuses in a row (the streaks it was labelled on), the last
-    # step computes; policy_threshold is its knob (notebooks/09 sweeps it)
-    "dqar_policy": dict(_FORECAST, forecast_order=2, warmup=0.0, end_computes=1, max_reuse_streak=3,
+    # quadratic forecast and delta cache, at most 2 reuses in a row (the streaks it was labelled on), the last
+    # step computes; policy_threshold is its knob (lower reuses more; notebooks/09 sweeps it)
+    "dqar_policy": dict(_FORECAST, forecast_order=2, warmup=0.0, end_computes=1, max_reuse_streak=2,
                         max_reuse_streak_end=None, use_policy=True, policy_path=str(DEFAULT_FORECAST_POLICY)),
 }
 
