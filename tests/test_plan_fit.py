@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from dqar_lib import DQARConfig, sample
-from dqar_lib.fitting.plan_fit import BASE, calibrate_plans, fit_plan, fit_weights, forecast_errors
+from dqar_lib.fitting.plan_fit import (
+    BASE,
+    calibrate_plans,
+    fit_plan,
+    fit_weights,
+    forecast_errors,
+    residual_trace,
+    skip_gains,
+    skip_rms,
+)
 from dqar_lib.method.cache import ReuseCache
 
 
@@ -112,3 +121,19 @@ def test_calibrated_plan_skips_its_budget_and_serves_the_stack(dit):
     assert BASE.forecast_order == 1
     with pytest.raises(ValueError, match="budget=1.0"):
         calibrate_plans(dit, [1], [1.0], num_steps=4)
+
+
+def test_skip_rms_measures_one_skip_per_step_and_skip_gains_divides_by_its_forecasts_miss(dit):
+    S = 5
+    r = skip_rms(dit, [1, 2], num_steps=S, seed=3, first=1, progress=False)
+    assert np.isnan(r[0]) and np.isfinite(r[1:]).all() and (r[1:] > 0).all()
+    full = sample(dit, [1, 2], num_steps=S, seed=3, progress=False).images
+    L = dit.config.num_layers
+    plan = tuple(tuple([i == 3] * L) for i in range(S))  # skip step 3 alone, as skip_rms does
+    img = sample(dit, [1, 2], num_steps=S, seed=3, dqar=BASE.replace(static_plan=plan), progress=False).images
+    assert r[3] == pytest.approx(float((img - full).pow(2).mean().sqrt()), rel=1e-6)
+    e = forecast_errors(residual_trace(dit, [1, 2], S, 3))
+    g = skip_gains(dit, [1, 2], e, num_steps=S, seed=3, progress=False)
+    assert np.isinf(g[:2]).all() and g[2:] == pytest.approx([r[s] / e[s - 2, s - 1, s] for s in range(2, S)])
+    with pytest.raises(ValueError, match="first=0 is invalid"):
+        skip_rms(dit, [1, 2], num_steps=S, first=0)
