@@ -21,6 +21,7 @@ from .stats import latent_change, latent_norm, latent_snr
 from .storage import load_csb_calibration
 
 TRACE_FIELDS = ("step", "t", "layer", "H_t", "SNR_t", "x_norm", "x_change", "reuse", "reason", "change")
+_H, _SNR, _REASON = (TRACE_FIELDS.index(f) for f in ("H_t", "SNR_t", "reason"))  # positions in a stored row
 
 
 class DQARController:
@@ -304,20 +305,20 @@ class DQARController:
         observed H_t or SNR_t range against its threshold); None if it reused, was off, or ran no step."""
         if not self.config.enabled or not self.rows or sum(self.reused):
             return None
-        reasons = [r[7] for r in self.rows if r[7] not in ("warmup", "missing")]
+        reasons = [r[_REASON] for r in self.rows if r[_REASON] not in ("warmup", "missing")]
         if not reasons:
             return f"every step fell in warmup={self.config.warmup} (or had nothing cached): no step could reuse"
         why = max(set(reasons), key=reasons.count)
         c = self.config
         if why == "entropy":
-            H = [host_float(r[3]) for r in self.rows if r[7] == "entropy" and r[3] is not None]
+            H = [host_float(r[_H]) for r in self.rows if r[_REASON] == "entropy" and r[_H] is not None]
             H = [h for h in H if h == h]
             seen = f"H_t in [{min(H):.2f}, {max(H):.2f}]" if H else "H_t never measured"
             tau = tau_for_prompt(c.tau, self.prompt_length, c.tau_slope, c.p_ref)
             at = f"tau(p={self.prompt_length})={tau:.3g}" if tau != c.tau else f"tau={c.tau:g}"
             return f"the entropy gate refused every reuse: {seen}, not below {at}"
         if why == "snr":
-            snr = [host_float(r[4]) for r in self.rows if r[7] == "snr" and r[4] is not None]
+            snr = [host_float(r[_SNR]) for r in self.rows if r[_REASON] == "snr" and r[_SNR] is not None]
             snr = [v for v in snr if v == v]
             seen = f"SNR_t in [{min(snr):.3g}, {max(snr):.3g}]" if snr else "SNR_t never measured"
             return f"the SNR gate refused every reuse: {seen}, outside [snr_lo={c.snr_lo:g}, snr_hi={c.snr_hi:g}]"
