@@ -78,6 +78,8 @@ def test_policy_features_carry_the_change_and_each_layers_streak():
     assert f[0, 1] == pytest.approx(math.log(4.0)) and f[1, 0] == 1.0
     neutral = policy_features([None], None, None, 0.0, 1)
     assert neutral[0, FEATURES.index("x_change")] == 0.0 and neutral[0, FEATURES.index("streak")] == 0.0
+    nan = float("nan")  # a missing value read back from a table is NaN: the same neutral numbers
+    assert torch.equal(policy_features([nan], nan, nan, 0.0, 1, x_change=nan), neutral)
 
 
 def _streak_policy(path):

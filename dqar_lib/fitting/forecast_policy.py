@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 from ..method.config import DQARConfig
 from ..method.files import DEFAULT_FORECAST_POLICY
 from ..method.forecast import newton_weights
-from ..method.policy import ReusePolicy, policy_features, save_policy
-from ..method.schedule import progress
+from ..method.policy import ReusePolicy, save_policy
 from ..models.sampling import sample
 from .plan_fit import residual_trace, skip_rms
-from .policy_fit import match_reuse_threshold, train_policy
+from .policy_fit import match_reuse_threshold, trace_features, train_policy
 from .tracing import record_trace
 
 STREAKS = (0, 1)
@@ -92,10 +91,7 @@ def policy_rows(model, labels, seed: int, num_steps: int, order: int, progress_b
 
 def row_features(rows: pd.DataFrame, num_train_timesteps: int = 1000) -> torch.Tensor:
     """(n, len(FEATURES)) features of `policy_rows` rows, as the controller builds them for layer 0."""
-    return torch.cat([policy_features([r.H_t], None if pd.isna(r.SNR_t) else r.SNR_t,
-                                      None if pd.isna(r.x_norm) else r.x_norm, progress(r.t, num_train_timesteps), 1,
-                                      None if pd.isna(r.x_change) else r.x_change, [int(r.streak)])
-                      for r in rows.itertuples()])
+    return trace_features(rows.assign(layer=0).to_dict("records"), 1, num_train_timesteps)
 
 
 def roc_auc(p: torch.Tensor, y: torch.Tensor) -> float:

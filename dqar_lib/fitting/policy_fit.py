@@ -39,10 +39,10 @@ def _frame(rows: Rows) -> pd.DataFrame:
 
 
 def trace_features(rows: list[dict], num_layers: int, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """(n, len(FEATURES)) features of trace rows, built exactly as the controller builds them at decision time
-    (streak 0: a trace row's label is the cost of reusing the output of the step before)."""
+    """(n, len(FEATURES)) features of trace rows, built exactly as the controller builds them at decision time;
+    a row without a `streak` has streak 0 (a trace row's label is the cost of reusing the step before's output)."""
     out = [policy_features([r["H_t"]], r["SNR_t"], r["x_norm"], progress(r["t"], num_train_timesteps), 1,
-                           r.get("x_change"))[0] for r in rows]
+                           r.get("x_change"), [int(r.get("streak", 0))])[0] for r in rows]
     f = torch.stack(out) if out else torch.zeros(0, len(FEATURES))
     f[:, 4] = torch.tensor([r["layer"] / max(1, num_layers - 1) for r in rows])
     return f
@@ -53,9 +53,9 @@ def train_policy(f: torch.Tensor, y: torch.Tensor, hidden: int = 64, depth: int 
                  features: tuple[str, ...] = ATTN_FEATURES) -> tuple[ReusePolicy, list[float]]:
     """Fit p_reuse = P(reuse is cheap | features) by full-batch AdamW on binary cross-entropy.
 
-    f: (n, len(FEATURES)) features (`policy_features` columns); y: (n,) labels in {0, 1} (1: reusing this
-    (step, layer) costs little). The policy reads the columns named in `features`; they are standardised inside
-    its first layer, so the policy file is self-contained.
+    f: (n, len(FEATURES)) features (`policy_features` columns); y: (n,) labels in [0, 1] (1: reusing this
+    (step, layer) costs little; soft labels are a probability of that). The policy reads the columns named in
+    `features`; they are standardised inside its first layer, so the policy file is self-contained.
     """
     if f.ndim != 2 or f.shape[1] != len(FEATURES) or y.shape != (f.shape[0],):
         raise ValueError(f"expected features (n, {len(FEATURES)}) and labels (n,), "

@@ -49,14 +49,18 @@ class ReusePolicy(nn.Module):
 
 def policy_features(H_t: list, snr_t: float | None, x_norm: float | None, s: float, num_layers: int,
                     x_change: float | None = None, streaks: list[int] | None = None) -> torch.Tensor:
-    """(num_layers, len(FEATURES)) host tensor; unknown values become neutral numbers (entropy 1, log-SNR -10,
-    norm 1, change 0, streak 0)."""
-    log_snr = math.log(max(snr_t, 1e-10)) if snr_t is not None else -10.0
-    d = 0.0 if x_change is None else x_change
+    """(num_layers, len(FEATURES)) host tensor; unknown values (None or NaN) become neutral numbers (entropy 1,
+    log-SNR -10, norm 1, change 0, streak 0)."""
+    log_snr = math.log(max(snr_t, 1e-10)) if _known(snr_t) else -10.0
+    d = x_change if _known(x_change) else 0.0
     k = [0] * len(H_t) if streaks is None else streaks
-    rows = [[1.0 if h is None else h, log_snr, 1.0 if x_norm is None else x_norm, s, i / max(1, num_layers - 1),
+    rows = [[h if _known(h) else 1.0, log_snr, x_norm if _known(x_norm) else 1.0, s, i / max(1, num_layers - 1),
              d, float(k[i])] for i, h in enumerate(H_t)]
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def _known(v: float | None) -> bool:
+    return v is not None and v == v  # NaN: a trace row's missing value, read back from a table
 
 
 def save_policy(policy: ReusePolicy, path: Path | str, meta: dict | None = None) -> None:
