@@ -205,7 +205,7 @@ def run(a) -> Path:
                         guidance_scale=guidance, n=min(n, 4), prompts=prompts, save_to=target,
                         progress=not a.quiet)
         name = "dqar (calibrated)"
-        print(f"calibrated: tau={cfg.tau:.4f}, snr_lo={cfg.snr_lo:.4f} -> {target / CALIBRATION_FILE}")
+        print(f"calibrated: tau={cfg.decide.tau:.4f}, snr_lo={cfg.decide.snr_lo:.4f} -> {target / CALIBRATION_FILE}")
     scorer, clip_missing = (None, "--no-clip") if a.no_clip else clip_scorer(device=a.device)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     params.update(pipeline=type(pipe).__name__, scheduler=scheduler, dtype=str(dtype), guidance=guidance,
@@ -231,7 +231,7 @@ def run(a) -> Path:
         def write_sweep(rows, complete=False):
             for r in rows[1:]:
                 c = configs[r["method"]]
-                r["sweep"] = dict(tau=c.tau, cap=c.max_reuse_streak)
+                r["sweep"] = dict(tau=c.decide.tau, cap=c.decide.max_streak)
             write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
 
         rows = bench({"full": None, **configs}, out / "sweep", write_sweep)

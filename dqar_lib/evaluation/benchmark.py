@@ -11,7 +11,6 @@ and written as PNGs, and `on_row(rows so far)` runs, so an interrupted run leave
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import resource
 import sys
@@ -109,5 +108,5 @@ def sweep_configs(base: DQARConfig, taus: list[float], streaks: list[int]) -> di
     out = {}
     for tau in taus:
         for cap in streaks:
-            out[f"tau={tau:g}, cap={cap}"] = dataclasses.replace(base, tau=float(tau), max_reuse_streak=int(cap))
+            out[f"tau={tau:g}, cap={cap}"] = base.replace(tau=float(tau), max_reuse_streak=int(cap))
     return out

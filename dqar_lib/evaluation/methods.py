@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import copy
-import dataclasses
 import inspect
 import reprlib
 from collections.abc import Callable
@@ -60,7 +59,7 @@ class Method(abc.ABC):
 
 
 def _changed_fields(config: DQARConfig) -> dict:
-    now, default = dataclasses.asdict(config), dataclasses.asdict(DQARConfig())
+    now, default = config.to_dict(), DQARConfig().to_dict()
     return {k: v for k, v in now.items() if v != default[k]}
 
 

@@ -34,7 +34,7 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
     The rows step the controller's own `RuleState` (dqar_lib.method.rule) with the statistics each decision
     saw (one step late), so the replay is exact while the cache holds a valid entry for every layer that may
     reuse (no byte budget, no invalidation); the one step with nothing cached is the first. For a policy
-    config, `policy` (a ReusePolicy; loaded from cfg.policy_path when None) gives p_reuse from the rows.
+    config, `policy` (a ReusePolicy; loaded from cfg.decide.path when None) gives p_reuse from the rows.
     `prompt_length` is the p of tau(p) the run used (None for class labels).
     """
     if not run_rows:
@@ -46,8 +46,8 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
         raise ValueError(f"a traced run has {len(run_rows)} rows over {len(by)} (step, layer) pairs, expected one "
                          f"row for each of {S} x {L}: "
                          "pass the rows of one run (see `runs`)")
-    if cfg.enabled and cfg.use_policy and policy is None:
-        policy = load_policy(cfg.policy_path)
+    if cfg.kind == "policy" and policy is None:
+        policy = load_policy(cfg.decide.path)
     plan = np.zeros((S, L), dtype=bool)
     state = RuleState(L)
     for s in range(S):
@@ -56,7 +56,7 @@ def replay(run_rows: list[dict], cfg: DQARConfig, num_train_timesteps: int = 100
         state.advance(sp, cfg.warmup)
         H, snr = [r["H_t"] for r in rows], rows[0]["SNR_t"]
         p = _policy_probs(policy, H, snr, rows[0]["x_norm"], sp, rows[0].get("x_change"), state.streaks) \
-            if cfg.use_policy and policy is not None else None
+            if cfg.kind == "policy" and policy is not None else None
         for i, (ok, _) in enumerate(state.plan(cfg, sp, H, snr, p, prompt_length, steps_left=S - 1 - s)):
             plan[s, i] = ok and s > 0  # nothing is cached before the first step
             state.record(i, bool(plan[s, i]))

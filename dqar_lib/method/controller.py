@@ -39,21 +39,21 @@ class DQARController:
         self.scheduler = scheduler
         self.prompt_length = self._fixed_prompt_length = prompt_length
         self.num_train_timesteps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000))
-        self.cache = ReuseCache(config.cache_budget_bytes)
+        self.cache = ReuseCache(config.store.budget_bytes)
         self.calibration = None
-        if config.cache_mode == "csb":
-            self.calibration, _ = load_csb_calibration(config.cache_calibration)
+        if config.store.mode == "csb":
+            self.calibration, _ = load_csb_calibration(config.store.calibration)
             kinds = {"kv": ("k", "v"), "attn": ("out",), "block": ("res",), "stack": ("stack",)}[config.granularity]
             missing = [(i, k) for i in range(self.num_layers) for k in kinds if (i, k) not in self.calibration]
             if missing:
-                raise ValueError(f"{config.cache_calibration} has no calibration for (layer, kind) {missing[:4]}"
+                raise ValueError(f"{config.store.calibration} has no calibration for (layer, kind) {missing[:4]}"
                                  f"{' ...' if len(missing) > 4 else ''}: it was fitted for another model, or for "
                                  f"another granularity than {config.granularity!r} (which caches {kinds})")
         self.policy = None
-        if config.use_policy:
+        if config.kind == "policy":
             from .policy import load_policy
 
-            self.policy = load_policy(config.policy_path)
+            self.policy = load_policy(config.decide.path)
         self._ts_obj = None
         self._ts_host: list[float] = []
         self.reset()
@@ -124,7 +124,7 @@ class DQARController:
         t_next = self._next_t()
         s_next = progress(t_next, self.num_train_timesteps) if t_next is not None else None
         ts = self._host_schedule()
-        if self.config.forecast_order and ts:  # a forecast needs the computes before a reuse, not only the last
+        if self.config.serve.order and ts:  # a forecast needs the computes before a reuse, not only the last
             ahead = ts[self.step + 1:self.step + 1 + self.config.history]
             s_ahead = [progress(t, self.num_train_timesteps) for t in ahead]
             self.keep = self.rule.keep_ahead(self.config, s_ahead, self.prompt_length, left)
@@ -167,7 +167,7 @@ class DQARController:
     @property
     def cfg_share_now(self) -> bool:
         c = self.config
-        return c.enabled and c.cfg_share and self.step > 0 and self.s >= c.cfg_share_start
+        return c.cfg_share_from is not None and c.enabled and self.step > 0 and self.s >= c.cfg_share_from
 
     # ---- cache ---------------------------------------------------------------------------
     def try_reuse(self, i: int, kinds: tuple[str, ...], sig: tuple, h: torch.Tensor | None = None) -> bool:
@@ -176,16 +176,16 @@ class DQARController:
         `h` is the layer's input; with the change gate on, a plan that only awaits the change is decided here.
         """
         reuse, reason = self.plan[i]
-        c = self.config
+        c = self.config.decide
         measured = False
-        if c.use_change_gate and h is not None:
-            if c.change_scope == "stack":  # the first layer's change, measured every step, decides for all
+        if c.kind == "change" and h is not None:
+            if c.scope == "stack":  # the first layer's change, measured every step, decides for all
                 if i == 0:
                     self.step_change = self._input_change(0, h)
-                    measured = c.change_accumulate
+                    measured = c.accumulate
                 change = self.step_change
-            elif reason == "change" or c.change_accumulate:  # an accumulated change is summed over every step
-                change, measured = self._input_change(i, h), c.change_accumulate
+            elif reason == "change" or c.accumulate:  # an accumulated change is summed over every step
+                change, measured = self._input_change(i, h), c.accumulate
             else:
                 change = None
             self.change[i] = change
@@ -211,9 +211,9 @@ class DQARController:
     def _input_change(self, i: int, h: torch.Tensor) -> float | None:
         """||h - h_c||_1 / ||h_c||_1 against layer i's input at its last compute (None before one): one host read.
 
-        With `change_accumulate`: the accumulated change so far plus ||h - h_p||_1 / ||h_p||_1, h_p the input at
+        With `decide.accumulate`: the accumulated change so far plus ||h - h_p||_1 / ||h_p||_1, h_p the input at
         the step before (None on the first step)."""
-        if self.config.change_accumulate:
+        if self.config.decide.accumulate:
             h_p, self.previous[i] = self.previous[i], h.detach()
             if h_p is None or h_p.shape != h.shape:
                 return None
@@ -230,18 +230,18 @@ class DQARController:
 
     def computed_input(self, i: int, h: torch.Tensor) -> None:
         """Layer i computed from input h: the change gate measures later inputs against it."""
-        if self.config.use_change_gate:
+        if self.config.kind == "change":
             self.inputs[i] = h.detach()
 
     def cached(self, i: int, kind: str) -> torch.Tensor:
-        """Layer i's cached `kind`, forecast to this step when `forecast_order` > 0."""
-        w = self.config.forecast_weights
+        """Layer i's cached `kind`, forecast to this step when `serve.order` > 0."""
+        w = self.config.serve.weights
         row = w[self.step] if w is not None and 0 <= self.step < len(w) else None
-        return self.cache.get((i, kind), self._abscissa() if self.config.forecast_order else None, row)
+        return self.cache.get((i, kind), self._abscissa() if self.config.serve.order else None, row)
 
     def _abscissa(self) -> float:
-        """Where this step lies for forecasting: its index, or its timestep (`forecast_in`)."""
-        return float(self.t) if self.config.forecast_in == "t" and self.t is not None else float(self.step)
+        """Where this step lies for forecasting: its index, or its timestep (`serve.abscissa`)."""
+        return float(self.t) if self.config.serve.abscissa == "t" and self.t is not None else float(self.step)
 
     def store(self, i: int, kind: str, x) -> None:
         """Keep layer i's fresh output for later steps; where no later step can use it, drop the old entry.
@@ -253,9 +253,9 @@ class DQARController:
             self.cache.drop((i, kind))
         elif c.enabled:
             x = x() if callable(x) else x
-            mode = storage_mode(c.cache_mode, kind)
+            mode = storage_mode(c.store.mode, kind)
             calib = self.calibration[(i, kind)] if mode == "csb" else None
-            self.cache.store((i, kind), x, mode, calib, c.cache_calib_dynamic, at=self._abscissa(),
+            self.cache.store((i, kind), x, mode, calib, c.store.dynamic_scale, at=self._abscissa(),
                              depth=c.history)
             self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache.nbytes)
 
@@ -273,7 +273,7 @@ class DQARController:
         reads H_t)."""
         c = self.config
         reads = self.policy is not None and "H_t" in self.policy.features
-        return c.collect_stats or c.enabled and (c.use_entropy_gate or reads)
+        return c.collect_stats or c.kind == "gates" and c.decide.tau is not None or reads
 
     def set_entropy(self, i: int, H_t: torch.Tensor) -> None:
         self.H[i] = HostValue(H_t)
@@ -282,7 +282,8 @@ class DQARController:
         """After the forward: SNR_t from the predicted x0, ||x_t|| and its relative L1 change since the last step,
         read by the next step."""
         c = self.config
-        if not (c.collect_stats or c.enabled and (c.use_snr_gate or c.use_policy)) or self.t is None:
+        snr_gate = c.kind == "gates" and c.decide.snr_lo is not None
+        if not (c.collect_stats or snr_gate or c.kind == "policy") or self.t is None:
             return  # SNR_t and ||x_t|| are for the trace, the SNR gate and the policy only
         self.x_norm = HostValue(latent_norm(x_t))
         if self.x_last is not None and self.x_last.shape == x_t.shape:
@@ -309,7 +310,7 @@ class DQARController:
         if not reasons:
             return f"every step fell in warmup={self.config.warmup} (or had nothing cached): no step could reuse"
         why = max(set(reasons), key=reasons.count)
-        c = self.config
+        c = self.config.decide
         if why == "entropy":
             H = [host_float(r[_H]) for r in self.rows if r[_REASON] == "entropy" and r[_H] is not None]
             H = [h for h in H if h == h]

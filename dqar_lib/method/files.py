@@ -52,6 +52,8 @@ def load_tagged(path: Path | str, fmt: str, what: str, weights_only: bool = Fals
     import torch
 
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (DATA / path).is_file():
+        path = DATA / path  # a name under the data folder, as the presets give it
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:

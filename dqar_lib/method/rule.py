@@ -8,6 +8,7 @@ the trace replay (dqar_lib.fitting.replay) both step a `RuleState`, so they cann
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -45,38 +46,38 @@ def decide(cfg: DQARConfig, v: StepView, p: int | None = None) -> tuple[bool, st
 
     `p` is the prompt length in tokens (None for class labels), which sets the entropy threshold tau(p).
     """
-    if not cfg.enabled:
+    d = cfg.decide
+    if d.kind == "off":
         return False, "off"
-    if cfg.always_reuse:
+    if d.kind == "always":
         return True, "always"
-    if cfg.static_plan is not None:
-        plan = cfg.static_plan
-        ok = v.step < len(plan) and v.layer < len(plan[v.step]) and plan[v.step][v.layer]
+    if d.kind == "plan":
+        ok = v.step < len(d.plan) and v.layer < len(d.plan[v.step]) and d.plan[v.step][v.layer]
         return bool(ok), "static" if ok else "static_compute"
-    if v.s < cfg.warmup or v.post_warmup_step is None:
+    if v.s < d.warmup or v.post_warmup_step is None:
         return False, "warmup"
-    if cfg.end_computes and v.steps_left is not None and v.steps_left < cfg.end_computes:
+    if d.end_computes and v.steps_left is not None and v.steps_left < d.end_computes:
         return False, "end"
-    if cfg.static_period:
-        ok = v.post_warmup_step % cfg.static_period == cfg.static_period - 1
+    if d.kind == "period":
+        ok = v.post_warmup_step % d.period == d.period - 1
         return ok, "static" if ok else "static_compute"
-    if cfg.use_schedule:
-        depth = schedule_depth(v.s, cfg.warmup, cfg.schedule_depth_start, cfg.schedule_depth_end)
+    if d.schedule is not None:
+        depth = schedule_depth(v.s, d.warmup, d.schedule.depth_start, d.schedule.depth_end)
         if not layer_allowed(v.layer, v.num_layers, depth):
             return False, "schedule"
-    cap = streak_cap(v.s, cfg.warmup, cfg.max_reuse_streak, cfg.max_reuse_streak_end) if cfg.streak_profile is None \
-        else profile_cap(v.s, cfg.streak_profile, cfg.max_reuse_streak)
+    cap = streak_cap(v.s, d.warmup, d.max_streak, d.max_streak_end) if d.streak_profile is None \
+        else profile_cap(v.s, d.streak_profile, d.max_streak)
     if not gates.streak_gate(v.streak, cap):
         return False, "streak"
-    if cfg.use_policy:
-        ok = v.p_reuse is not None and v.p_reuse >= cfg.policy_threshold
+    if d.kind == "policy":
+        ok = v.p_reuse is not None and v.p_reuse >= d.threshold
         return ok, "policy" if ok else "policy_compute"
-    tau = gates.tau_for_prompt(cfg.tau, p, cfg.tau_slope, cfg.p_ref)
-    if cfg.use_entropy_gate and not gates.entropy_gate(v.H_t, tau):
-        return False, "entropy"
-    if cfg.use_snr_gate and not gates.snr_gate(v.snr_t, cfg.snr_lo, cfg.snr_hi):
-        return False, "snr"
-    if cfg.use_change_gate and not gates.change_gate(v.change, cfg.delta):
+    if d.kind == "gates":
+        if d.tau is not None and not gates.entropy_gate(v.H_t, gates.tau_for_prompt(d.tau, p, d.tau_slope, d.p_ref)):
+            return False, "entropy"
+        if d.snr_lo is not None and not gates.snr_gate(v.snr_t, d.snr_lo, d.snr_hi):
+            return False, "snr"
+    if d.kind == "change" and not gates.change_gate(v.change, d.delta):
         return False, "change"  # the last rule: the hook measures the change only where every other rule passed
     return True, "reuse"
 
@@ -97,7 +98,11 @@ def plan_step(cfg: DQARConfig, step: int, s: float, H: list, snr: float | None, 
 @functools.lru_cache(maxsize=32)
 def _progress_passes(cfg: DQARConfig) -> DQARConfig:
     """`cfg` with warmup and the layer schedule taken as passing: the optimistic view when progress is unknown."""
-    return cfg.replace(warmup=0.0, use_schedule=False)
+    d = cfg.decide
+    if not hasattr(d, "warmup"):
+        return cfg
+    relaxed = {"schedule": None} if hasattr(d, "schedule") else {}
+    return cfg.replace(decide=dataclasses.replace(d, warmup=0.0, **relaxed))
 
 
 def keep_step(cfg: DQARConfig, step: int, s_next: float | None, num_layers: int, post_warmup: int | None,
@@ -106,7 +111,7 @@ def keep_step(cfg: DQARConfig, step: int, s_next: float | None, num_layers: int,
 
     The rule itself over an optimistic view of step+1: its progress s_next (warmup, schedule, the static
     period's phase), a streak of 0 (the layer just computed), and every statistic passing: H_t = 0 (the least
-    normalised entropy), SNR_t = snr_lo (inside the band), p_reuse = 1, no change of the input. The view is
+    normalised entropy), SNR_t inside the band, p_reuse = 1, no change of the input. The view is
     never less permissive than the real one, so whatever step+1 does reuse was stored. An unknown s_next (no
     scheduler, or the last step) takes warmup and the layer schedule as passing too.
     `post_warmup` is this step's counter.
@@ -117,7 +122,8 @@ def keep_step(cfg: DQARConfig, step: int, s_next: float | None, num_layers: int,
     H, p = [0.0] * num_layers, [1.0] * num_layers
     zero = [0] * num_layers  # streaks of 0, and no change of the input (the change gate passes)
     left = None if steps_left is None else steps_left - 1
-    return [ok for ok, _ in plan_step(cfg, step + 1, s_next, H, cfg.snr_lo, zero, post, p, prompt_length, zero, left)]
+    snr = getattr(cfg.decide, "snr_lo", None)
+    return [ok for ok, _ in plan_step(cfg, step + 1, s_next, H, snr, zero, post, p, prompt_length, zero, left)]
 
 
 def keep_ahead(cfg: DQARConfig, step: int, s_ahead: list[float], num_layers: int, post_warmup: int | None,
