@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 import time
@@ -163,12 +162,12 @@ def test_bench_runs_dqar_exactly_as_sample_does(dit):
                "dqar": DQARConfig.preset("gates", tau=1.0, snr_lo=0.0, warmup=0.0, cfg_share=True)}
     rows = bench_sampling(dit, [0, 1], configs, num_steps=5, seed=2, repeats=1, warmup=0, progress=False)
     full = sample(dit, [0, 1], num_steps=5, seed=2, progress=False).latents.float()
-    default = dataclasses.asdict(DQARConfig())
+    default = DQARConfig().to_dict()
     for row in rows[1:]:
         res = sample(dit, [0, 1], num_steps=5, seed=2, dqar=configs[row["method"]], progress=False)
         assert row["latent_rel_l2"] == ((res.latents.float() - full).norm() / full.norm()).item() > 0
         assert row["reuse_fraction"] == res.stats["reuse_fraction"] > 0
-        assert row["config"] == {k: v for k, v in dataclasses.asdict(res.controller.config).items() if v != default[k]}
+        assert row["config"] == {k: v for k, v in res.controller.config.to_dict().items() if v != default[k]}
 
 
 def test_write_bench_refuses_no_rows(tmp_path):
@@ -318,8 +317,8 @@ def test_gpu_bench_replays_the_fronts_fitted_plans_at_any_depth():
     assert list(plans) == [f"DQAR plan {b:.2f}" for b in PLAN_BUDGETS]
     skip = read_result(FRONT)["result"]["plans"]["0.58"]["skip"]
     cfg = plans["DQAR plan 0.58"]
-    assert cfg.granularity == "stack" and len(cfg.static_plan) == len(skip) == 50
-    assert all(row == (s,) * 28 for row, s in zip(cfg.static_plan, skip))
+    assert cfg.granularity == "stack" and len(cfg.decide.plan) == len(skip) == 50
+    assert all(row == (s,) * 28 for row, s in zip(cfg.decide.plan, skip))
     assert replayed_plans(28, path="/nonexistent/front.json") == {}
     assert "DQAR plan 0.58" in methods(False, (), 28, steps=50)
     assert "DQAR plan 0.58" not in methods(False, (), 28, steps=20)

@@ -90,7 +90,7 @@ def test_calibrate_writes_a_fit_next_to_a_local_model(folders, tmp_path):
     res = _run(["--model", model, "--calibrate", "--budget", "0.3", "--num-prompts", "2", "--output-dir",
                 tmp_path / "out", *FAST])
     cfg = load_calibration(model)
-    assert res["manifest"]["params"]["dqar_config"]["tau"] == cfg.tau < 1.0
+    assert res["manifest"]["params"]["dqar_config"]["decide"]["tau"] == cfg.decide.tau < 1.0
     assert res["result"]["rows"][1]["method"] == "dqar (calibrated)"
     again = _run(["--model", model, "--calibration", model, "--num-prompts", "2", "--output-dir", tmp_path / "o2",
                   *FAST])
@@ -127,7 +127,7 @@ def test_bad_jsonl_line_and_field_are_named(folders, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--set", "taux=0.9"], "override 'taux=0.9' names no DQARConfig field"),
-    (["--set", "tau=2"], "DQARConfig.tau=2.0 is invalid"),
+    (["--set", "tau=2"], "Gates.tau=2.0 is invalid"),
     (["--set", "tau=high"], "override 'tau=high': tau takes a float"),
     (["--preset", "turbo"], "unknown DQAR preset 'turbo'"),
     (["--peers", "nope"], "unknown peers ['nope']"),

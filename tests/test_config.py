@@ -6,8 +6,20 @@ import re
 import pytest
 
 from dqar_lib import PRESETS, DQARConfig
-from dqar_lib.method.config import (Always, Change, Gates, LayerSchedule, Off, Period, Plan, Policy, Profile, Serve,
-                                    Store, parse_overrides)
+from dqar_lib.method.config import (
+    Always,
+    Change,
+    Gates,
+    LayerSchedule,
+    Off,
+    Period,
+    Plan,
+    Policy,
+    Profile,
+    Serve,
+    Store,
+    parse_overrides,
+)
 from dqar_lib.method.legacy import FLAT_DEFAULTS, from_flat, to_flat
 
 

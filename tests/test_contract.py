@@ -13,7 +13,6 @@ is driven on the tiny models as a sampler drives it: `step_callback(i, t)`, then
 (f) CFG sharing: a shared step's output is the conditional half computed alone, in both halves, per layout.
 """
 
-import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ class Case:
 def _dqar_config(granularity: str, layout: str) -> DQARConfig:
     share = granularity not in ("kv", "stack")  # CFG sharing shares a block's output; K/V and the stack have none
     return DQARConfig.preset("always", always_reuse=False, static_plan=PLAN, granularity=granularity,
-                             cfg_layout=layout, cfg_share=share, cfg_share_start=0.0)
+                             cfg_layout=layout, cfg_share_from=0.0 if share else None)
 
 
 DQAR_CASES = [Case(f"dqar-{g}-{lay}" + ("" if g in ("kv", "stack") else "-share"), config=_dqar_config(g, lay))
@@ -80,7 +79,7 @@ def _params(cases):
 
 ALL = _params(CASES)
 DQAR = _params(DQAR_CASES)
-SHARING = _params([c for c in DQAR_CASES if c.config.cfg_share])
+SHARING = _params([c for c in DQAR_CASES if c.config.cfg_share_from is not None])
 
 
 def drive(model, method: Method | None, inputs) -> list[torch.Tensor]:
@@ -165,7 +164,7 @@ def test_a_attached_changes_the_output(request, case, name):
     assert not same(out, ref), f"{case.id} attached changed nothing"
     if case.config is not None:
         s = method.stats()
-        assert s["reuse_fraction"] > 0 and (s["cfg_shared"] > 0) == case.config.cfg_share
+        assert s["reuse_fraction"] > 0 and (s["cfg_shared"] > 0) == (case.config.cfg_share_from is not None)
 
 
 @pytest.mark.parametrize("case,name", DQAR)
@@ -287,8 +286,8 @@ def test_as_method_turns_names_configs_and_methods_into_methods():
     assert as_method(None) is None
     m = as_method("always")
     assert isinstance(m, DQARMethod) and m.name == "always" and m.config == DQARConfig.preset("always")
-    default = dataclasses.asdict(DQARConfig())
-    assert m.params == {k: v for k, v in dataclasses.asdict(m.config).items() if v != default[k]} != {}
+    default = DQARConfig().to_dict()
+    assert m.params == {k: v for k, v in m.config.to_dict().items() if v != default[k]} != {}
     cfg = DQARConfig.preset("static")
     assert as_method(cfg).config is cfg and as_method(cfg).name == "dqar"
     peer = PEERS["pab"]()

@@ -267,7 +267,7 @@ def test_stack_refused_across_stacks_of_different_sequences():
     with pytest.raises(ValueError, match=r"3 stacks .*; granularity='block' forecasts each block on the same plan"):
         apply_dqar(model)  # the default preset reuses the stack: the refusal names the way out
     ctl = apply_dqar(model, DQARConfig.preset("dqar", granularity="block"))
-    assert ctl.config.forecast_order == DQARConfig.preset("dqar").forecast_order and ctl.config.granularity == "block"
+    assert ctl.config.serve == DQARConfig.preset("dqar").serve and ctl.config.granularity == "block"
 
 
 # ---- signals ------------------------------------------------------------------------------------------------------

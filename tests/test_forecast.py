@@ -5,6 +5,7 @@ import torch
 
 from dqar_lib import DQARConfig, sample
 from dqar_lib.method.cache import ReuseCache, signature
+from dqar_lib.method.config import Serve
 from dqar_lib.method.forecast import extrapolate, newton_weights
 
 
@@ -87,12 +88,12 @@ def test_history_restarts_when_the_signature_changes_and_counts_in_the_budget():
     assert c.depth((0, "out")) == 1 and c.status((0, "out"), signature(torch.randn(2, 8))) == "ok"
 
 
-@pytest.mark.parametrize("field, value", [("forecast_order", 3), ("forecast_in", "sigma")])
+@pytest.mark.parametrize("field, value", [("order", 3), ("abscissa", "sigma")])
 def test_config_refuses_bad_forecast_settings(field, value):
-    with pytest.raises(ValueError, match=field):
-        DQARConfig(**{field: value})
-    with pytest.raises(ValueError, match="forecast_order"):
-        DQARConfig(granularity="kv", forecast_order=1)
+    with pytest.raises(ValueError, match=f"Serve.{field}"):
+        Serve(**{field: value})
+    with pytest.raises(ValueError, match="not K/V"):
+        DQARConfig.preset("gates", granularity="kv", forecast_order=1)
 
 
 @pytest.mark.parametrize("granularity", ["attn", "block"])

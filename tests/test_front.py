@@ -77,20 +77,20 @@ def test_entries_cover_every_family_and_resolve():
         as_method(method)  # every entry is a runnable method (or None, full compute)
         assert steps > 0
     v = forecast_variants()
-    assert next(iter(v)) == "full" and len({m.forecast_order for m, *_ in list(v.values())[1:]}) == 3
+    assert next(iter(v)) == "full" and len({m.serve.order for m, *_ in list(v.values())[1:]}) == 3
 
 
 def test_forecast_preset_front_loads_its_computes():
     cfg = DQARConfig.preset("forecast")
-    assert (cfg.granularity, cfg.forecast_order, cfg.cache_mode) == ("stack", 1, "delta")
+    assert (cfg.granularity, cfg.serve.order, cfg.store.mode) == ("stack", 1, "delta")
     res = sample(tiny_dit(), [1, 2], num_steps=30, seed=0, dqar=cfg, progress=False)
     rows = res.controller.trace()
     reuse = [any(r["reuse"] for r in rows if r["step"] == s) for s in range(30)]
     t = {r["step"]: r["t"] for r in rows}
     first = min(s for s in range(30) if 1 - t[s] / 1000 >= cfg.warmup)  # the first step past warmup
-    assert not any(reuse[:first]) and not any(reuse[-cfg.end_computes:])  # warmup and the end computes
+    assert not any(reuse[:first]) and not any(reuse[-cfg.decide.end_computes:])  # warmup and the end computes
     runs, n = [], 0
-    for r in reuse[first:-cfg.end_computes]:
+    for r in reuse[first:-cfg.decide.end_computes]:
         n = n + 1 if r else 0
         runs.append(n)
     assert max(runs[:4]) <= 1 < max(runs)  # one reuse at a time early, longer streaks later

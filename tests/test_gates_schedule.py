@@ -64,11 +64,11 @@ def view(**kw):
 
 
 def test_decide_follows_each_rule():
-    cfg = DQARConfig(tau=0.5, snr_lo=1.0, snr_hi=100.0)
+    cfg = DQARConfig.preset("gates", tau=0.5, snr_lo=1.0, snr_hi=100.0)
     assert decide(cfg, view()) == (True, "reuse")
     assert decide(cfg, view(H_t=0.7)) == (False, "entropy")
     assert decide(cfg, view(snr_t=0.5)) == (False, "snr")
-    assert decide(cfg, view(streak=cfg.max_reuse_streak)) == (False, "streak")
+    assert decide(cfg, view(streak=cfg.decide.max_streak)) == (False, "streak")
     assert decide(cfg, view(s=0.1, post_warmup_step=None)) == (False, "warmup")
     assert decide(cfg, view(s=0.21, layer=3)) == (False, "schedule")
     assert decide(DQARConfig.preset("off"), view()) == (False, "off")

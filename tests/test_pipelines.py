@@ -100,14 +100,14 @@ def test_load_model_takes_a_pipeline_folder_and_names_an_offline_hub_id(tmp_path
 def test_calibrate_fits_a_reuse_budget_and_round_trips(dit, tmp_path):
     assert dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar="gates", progress=False).stats["reuse_fraction"] == 0
     cfg = dq.calibrate(dit, budget=0.3, num_steps=10, save_to=tmp_path)
-    assert 0.9 < cfg.tau < 1.0 and cfg.snr_lo > 0
+    assert 0.9 < cfg.decide.tau < 1.0 and cfg.decide.snr_lo > 0
     run = dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar=cfg, progress=False)  # seed 0: not a calibration seed
     assert 0.1 <= run.stats["reuse_fraction"] <= 0.4
     assert dq.load_calibration(tmp_path) == cfg
     saved = json.loads((tmp_path / "dqar_calibration.json").read_text())
     assert saved["result"]["fit"]["budget"] == 0.3 and saved["result"]["fit"]["seeds"] == [1000, 1001]
     loose = dq.calibrate(dit, budget=None, error_budget=10.0, num_steps=10)
-    assert loose.tau >= cfg.tau  # a loose error budget admits at least as much reuse
+    assert loose.decide.tau >= cfg.decide.tau  # a loose error budget admits at least as much reuse
 
 
 @pytest.mark.parametrize("kwargs,message", [

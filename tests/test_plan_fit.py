@@ -18,6 +18,7 @@ from dqar_lib.fitting.plan_fit import (
     skip_rms,
 )
 from dqar_lib.method.cache import ReuseCache
+from dqar_lib.method.config import Serve
 
 
 def test_stack_serves_what_per_block_forecasts_serve_under_one_plan(dit):
@@ -43,10 +44,10 @@ def test_stack_off_is_bit_identical(dit):
 
 
 def test_stack_refuses_what_decides_per_block():
-    with pytest.raises(ValueError, match="use_schedule"):
-        DQARConfig(granularity="stack")
+    with pytest.raises(ValueError, match="schedule"):
+        DQARConfig.preset("gates", granularity="stack")
     with pytest.raises(ValueError, match="cfg_share"):
-        DQARConfig(granularity="stack", use_schedule=False, cfg_share=True)
+        DQARConfig(granularity="stack", cfg_share_from=0.5)
 
 
 def test_fitted_weights_replace_the_forecast():
@@ -55,11 +56,11 @@ def test_fitted_weights_replace_the_forecast():
         c.store((0, "stack"), A + a * B, "fp32", at=a, depth=3)
     torch.testing.assert_close(c.get((0, "stack"), at=3.0, weights=(0.5, 0.5)), A + 1.5 * B)  # the last two
     torch.testing.assert_close(c.get((0, "stack"), at=3.0, weights=(1.0, 1.0, 1.0, 1.0)), A + 3.0 * B)  # too few
-    with pytest.raises(ValueError, match=r"forecast_weights\[1\]"):
-        DQARConfig(forecast_order=1, forecast_weights=(None, (float("nan"),)))
-    with pytest.raises(ValueError, match="forecast_order"):
-        DQARConfig(forecast_weights=((1.0,),))
-    assert DQARConfig(forecast_order=1, forecast_weights=(None, (0.2, 0.3, 0.5))).history == 3
+    with pytest.raises(ValueError, match=r"Serve.weights\[1\]"):
+        Serve(order=1, weights=(None, (float("nan"),)))
+    with pytest.raises(ValueError, match="order=0"):
+        Serve(weights=((1.0,),))
+    assert DQARConfig(serve=Serve(order=1, weights=(None, (0.2, 0.3, 0.5)))).history == 3
 
 
 def test_fit_weights_recover_an_exact_combination():
@@ -115,10 +116,10 @@ def test_forecast_errors_vanish_on_a_linear_trajectory():
 def test_calibrated_plan_skips_its_budget_and_serves_the_stack(dit):
     plans = calibrate_plans(dit, [1, 2], [0.25, 0.5], num_steps=8, seed=3, progress=False)
     for budget, (cfg, fit) in plans.items():
-        assert sum(fit["skip"]) == round(budget * 8) and cfg.granularity == "stack" and cfg.forecast_weights
+        assert sum(fit["skip"]) == round(budget * 8) and cfg.granularity == "stack" and cfg.serve.weights
         res = sample(dit, [1, 2], num_steps=8, seed=0, dqar=cfg, progress=False)
         assert res.stats["reuse_fraction"] == pytest.approx(budget)
-    assert BASE.forecast_order == 1
+    assert BASE.serve.order == 1
     with pytest.raises(ValueError, match="budget=1.0"):
         calibrate_plans(dit, [1], [1.0], num_steps=4)
 

@@ -25,7 +25,8 @@ def test_config_refuses_a_bad_profile_and_names_it(profile):
 
 def test_profile_survives_a_json_round_trip():
     cfg = DQARConfig.preset("dqar")
-    fields = cfg.to_dict() | {"streak_profile": [list(e) for e in cfg.streak_profile]}  # as json reads it back
+    d = cfg.to_dict()
+    fields = d | {"decide": d["decide"] | {"streak_profile": [list(e) for e in cfg.decide.streak_profile]}}
     assert DQARConfig.from_dict(fields) == cfg
 
 

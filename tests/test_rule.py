@@ -4,8 +4,6 @@ The controller and the replay both step a `rule.RuleState`; these tests sample w
 check, step by step, that the rule over the traced host numbers gives the live run's reuse and its reason.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,6 +15,7 @@ from dqar_lib.method.config import PRESETS
 from dqar_lib.method.policy import load_policy, policy_features
 from dqar_lib.method.rule import RuleState, keep_step
 from dqar_lib.method.schedule import progress
+from dqar_lib.method.storage import load_csb_calibration
 
 CACHE_STATUSES = ("missing", "invalidated", "nonfinite")  # a planned reuse the cache refused
 LOOSE = dict(tau=0.999, snr_lo=0.0)  # gates that the tiny random DiT passes, so streaks and the schedule decide
@@ -29,10 +28,10 @@ def models():
 
 def preset_config(name: str, **overrides) -> DQARConfig:
     cfg = DQARConfig.preset(name, **overrides)
-    if cfg.use_policy:
-        assert Path(cfg.policy_path).is_file(), f"the {name!r} preset's policy file is missing: {cfg.policy_path}"
-    if cfg.cache_mode == "csb":
-        assert Path(cfg.cache_calibration).is_file(), cfg.cache_calibration
+    if cfg.kind == "policy":
+        load_policy(cfg.decide.path)  # the preset's policy file is shipped
+    if cfg.store.mode == "csb":
+        load_csb_calibration(cfg.store.calibration)
         # the shipped calibration covers attention outputs (kind "out") only, not block residuals ("res")
         cfg = cfg.replace(granularity="attn")
     return cfg
@@ -40,7 +39,7 @@ def preset_config(name: str, **overrides) -> DQARConfig:
 
 def live_run(models, cfg: DQARConfig, scheduler: str) -> list[dict]:
     """The trace of one sampling run: the embedded model where the config needs its CSB calibration."""
-    model, steps = (models["embedded"], 8) if cfg.cache_mode == "csb" else (models["tiny"], 10)
+    model, steps = (models["embedded"], 8) if cfg.store.mode == "csb" else (models["tiny"], 10)
     res = sample(model, [1, 2], num_steps=steps, guidance_scale=1.5, seed=0, scheduler=scheduler, dqar=cfg,
                  progress=False)
     return res.controller.trace()
@@ -51,7 +50,7 @@ def assert_rule_replays(trace: list[dict], cfg: DQARConfig) -> None:
     reuse the cache refused, which happens only at step 0 (nothing cached yet)."""
     S, L = 1 + max(r["step"] for r in trace), 1 + max(r["layer"] for r in trace)
     by = {(r["step"], r["layer"]): r for r in trace}
-    policy = load_policy(cfg.policy_path) if cfg.use_policy else None
+    policy = load_policy(cfg.decide.path) if cfg.kind == "policy" else None
     state = RuleState(L)
     for s in range(S):
         rows = [by[(s, i)] for i in range(L)]
@@ -83,10 +82,10 @@ def test_every_preset_replays_its_live_decisions(models, name, scheduler):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 @pytest.mark.parametrize("name", [n for n, c in ((n, DQARConfig.preset(n)) for n in PRESETS)
-                                  if c.enabled and not c.always_reuse])
+                                  if c.kind not in ("off", "always")])
 def test_loose_gates_replay_streaks_and_schedule(models, name, scheduler):
     """Gates loosened so that reuse happens, and stops: streaks, the schedule and the static period decide."""
-    cfg = preset_config(name, **LOOSE)
+    cfg = preset_config(name, **(LOOSE if PRESETS[name].kind == "gates" else {}))
     trace = live_run(models, cfg, scheduler)
     live = trace_matrix(trace, "reuse").astype(bool)
     assert live.any() and not live.all()

@@ -120,10 +120,10 @@ def preset_entry(name: str = "dqar") -> str:
     order, or its streak caps."""
     from ..method.config import DQARConfig
 
-    p = DQARConfig.preset(name)
-    if p.streak_profile is not None:
-        return _profile_entry(p.streak_profile, p.forecast_order)
-    return _forecast_entry(p.max_reuse_streak, p.max_reuse_streak_end)
+    d = DQARConfig.preset(name).decide
+    if d.streak_profile is not None:
+        return _profile_entry(d.streak_profile, DQARConfig.preset(name).serve.order)
+    return _forecast_entry(d.max_streak, d.max_streak_end)
 
 
 def _forecast_entry(a: int, b: int) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..method.config import DQARConfig
+from ..method.config import DQARConfig, Plan, Serve, Store
 from ..method.files import DEFAULT_POLICY
 from ..method.policy import ATTN_FEATURES, FEATURES, ReusePolicy, policy_features, save_policy
 from ..method.schedule import progress
@@ -152,7 +152,8 @@ def validate_proxy(model, test: pd.DataFrame, cls: int, seed: int, per_class: in
     proxy = test[(test.cls == cls) & (test.seed == seed)].set_index(["step", "layer"]).rel_l2
     out = []
     for s, l in zip(picks.step, picks.layer):
-        cfg = DQARConfig(static_plan=one_hot_plan(int(s), int(l), num_steps, L), cache_mode="fp32")
+        cfg = DQARConfig(decide=Plan(one_hot_plan(int(s), int(l), num_steps, L)), granularity="block", serve=Serve(),
+                         store=Store(mode="fp32"), collect_stats=True)
         r = sample(model, [cls] * per_class, num_steps=num_steps, seed=seed, dqar=cfg, progress=False)
         mse = float((r.images - full.images).pow(2).mean())
         out.append(dict(step=int(s), layer=int(l), proxy=float(proxy[(s, l)]), final_mse=mse))

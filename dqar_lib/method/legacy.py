@@ -63,7 +63,7 @@ def decision_fields(d: dict) -> dict:
     if d.get("plan") is not None:
         d["plan"] = _plan(d["plan"])
     if d.get("streak_profile") is not None:
-        d["streak_profile"] = tuple((float(a), int(c)) for a, c in d["streak_profile"])
+        d["streak_profile"] = tuple(tuple(e) for e in d["streak_profile"])  # validated by the class, not cast
     if isinstance(d.get("schedule"), dict):
         d["schedule"] = LayerSchedule(**d["schedule"])
     for name in ("snr_hi",):
