@@ -130,7 +130,7 @@ def test_load_errors_name_the_file(tmp_path):
 @pytest.mark.parametrize("granularity,kinds", [("attn", ("out",)), ("kv", ("k", "v"))])
 def test_collect_records_what_the_cache_stores(dit, granularity, kinds):
     plan = ((False,) * 3,) * 3 + ((True,) * 3,)  # 4 steps: the last one serves what step 3 stored
-    cfg = DQARConfig.preset("always", static_plan=plan, granularity=granularity)
+    cfg = DQARConfig.preset("always", always_reuse=False, static_plan=plan, granularity=granularity)
     ctl = apply_dqar(dit, cfg)
     try:
         tensors = collect_cache_tensors(dit, [0, 1], num_steps=4, kinds=kinds, max_per_layer=3)

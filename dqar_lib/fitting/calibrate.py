@@ -55,8 +55,8 @@ def calibrate(pipe_or_transformer, budget: float | None = 0.3, error_budget: flo
     if not isinstance(cfg, DQARConfig):
         raise TypeError(f"base must be a preset name or a DQARConfig, got {type(base).__name__}")
     if cfg.kind != "gates" or cfg.decide.tau is None or cfg.decide.snr_lo is None:
-        raise ValueError(f"calibrate fits the entropy and SNR gates; the base config must decide by both (the "
-                         f"'gates' preset does), not by {cfg.kind!r}")
+        raise ValueError(f"calibrate fits the entropy and SNR gates; the base config must use both (the 'gates' "
+                         f"preset does), not decide by {cfg.kind!r}")
     if (budget is None) == (error_budget is None):
         raise ValueError(f"give exactly one of budget (a reuse fraction) and error_budget, got budget={budget!r}, "
                          f"error_budget={error_budget!r}")
