@@ -173,9 +173,7 @@ def run(a) -> Path:
     cond, scheduler = _conditions(a, pipe, prompts)
     driven = isinstance(cond, PipelineCall)
     if driven:
-        embeds = {k: v.to(a.device, dtype) if v.is_floating_point() else v.to(a.device)
-                  for k, v in cond.kwargs.items() if torch.is_tensor(v)}
-        cond.kwargs.update(embeds)
+        cond.to(a.device, dtype)
     n = len(cond)
     guidance = pipeline_guidance(pipe) if a.guidance is None else a.guidance
     out = a.output_dir

@@ -123,6 +123,12 @@ class PipelineCall:
     def __len__(self) -> int:
         return len(self.names)
 
+    def to(self, device, dtype: torch.dtype) -> PipelineCall:
+        """Moves its tensors to `device` in place (floating ones also to `dtype`); returns itself."""
+        self.kwargs.update({k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+                            for k, v in self.kwargs.items() if torch.is_tensor(v)})
+        return self
+
 
 def pipeline_call(pipe, n: int, prompts: list[str] | None = None, embeds: dict | None = None,
                   **call_kwargs) -> PipelineCall:
