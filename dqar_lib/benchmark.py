@@ -9,7 +9,7 @@
 
 DiT- and PixArt-style pipelines run in dqar_lib's own sampling loop (--scheduler, --compile, --calibrate, --peers).
 Every other pipeline (SD3, Flux, ...) runs through its own `pipe(...)` under `dqar_lib.dqar(pipe, config)`, on its
-own scheduler, timed to latents (`evaluation.pipe_benchmark`); full compute and DQAR (or a --sweep of it) run there.
+own scheduler, timed to latents (`evaluation.run_pipeline`); full compute and DQAR (or a --sweep of it) run there.
 
 Writes into --output-dir: images/<method>/image_NNN.png, benchmark_results.json (a manifest and a row per method:
 time per image and per step with its spread, peak memory, reuse, PSNR / SSIM against full compute, CLIP score
@@ -26,18 +26,24 @@ from pathlib import Path
 import torch
 
 from .artifacts import write_result
-from .evaluation.benchmark import run_benchmark, sweep_configs
 from .evaluation.clip import CLIP_MODEL, clip_scorer
 from .evaluation.methods import DQARMethod
 from .evaluation.peers import PEERS, get_peer
-from .evaluation.pipe_benchmark import PipelineCall, pipeline_call, run_pipeline_benchmark
+from .evaluation.run_pipeline import (
+    PipelineCall,
+    load_embeds,
+    pipeline_call,
+    pipeline_guidance,
+    run_benchmark,
+    run_pipeline_benchmark,
+    sweep_configs,
+)
 from .fitting.calibrate import CALIBRATION_FILE, calibrate, load_calibration
 from .method.config import PRESETS, DQARConfig, parse_overrides
-from .method.files import atomic_write
 from .models.pipelines import conditions_for, load_pipeline, pipeline_driven
 from .models.prompts import cached_download, read_prompts
 from .models.sampling import SCHEDULERS, is_text_conditioned
-from .publish.benchmark_plots import benchmark_figure, sweep_figure
+from .publish.benchmark_plots import benchmark_figure, save_png, sweep_figure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 RESULTS, PLOT, SWEEP_RESULTS, SWEEP_PLOT = ("benchmark_results.json", "benchmark_plot.png", "sweep_results.json",
@@ -128,21 +134,6 @@ def prompts_of(a) -> list[str] | None:
     return None
 
 
-def _default_guidance(pipe) -> float:
-    import inspect
-
-    g = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
-    return float(g.default) if g is not None and isinstance(g.default, (int, float)) else 4.0
-
-
-def _save_plot(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _conditions(a, pipe, prompts):
     """(conditions, scheduler label): dqar_lib's own loop conditions DiT / PixArt pipelines; the others (SD3, Flux,
     ...) run through `pipe(...)` with prompts or --embeds, on their own scheduler, where some flags cannot apply."""
@@ -153,7 +144,7 @@ def _conditions(a, pipe, prompts):
         if given:
             raise ValueError(f"{a.model} is a {kind}, which the benchmark runs through pipe(...) with its own "
                              f"scheduler: {', '.join(given)} apply only to DiT- and PixArt-style pipelines")
-        embeds = _load_embeds(a.embeds) if a.embeds is not None else None
+        embeds = load_embeds(a.embeds) if a.embeds is not None else None
         if embeds is None and prompts is None:
             prompts = read_prompts()  # the shipped set
         size = {k: getattr(a, k) for k in ("height", "width") if getattr(a, k) is not None}
@@ -173,16 +164,6 @@ def _conditions(a, pipe, prompts):
     return conditions_for(pipe, n, a.class_ids, prompts), a.scheduler or "ddim"
 
 
-def _load_embeds(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"--embeds {path} is not a file")
-    embeds = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(embeds, dict):
-        raise ValueError(f"--embeds {path} holds a {type(embeds).__name__}; expected a dict of pipe(...) arguments "
-                         "(torch.save(dict(prompt_embeds=..., pooled_prompt_embeds=...), path))")
-    return embeds
-
-
 def run(a) -> Path:
     """The benchmark of parsed arguments `a` (see `parser`); returns the results file."""
     name, cfg = base_config(a)
@@ -192,11 +173,9 @@ def run(a) -> Path:
     cond, scheduler = _conditions(a, pipe, prompts)
     driven = isinstance(cond, PipelineCall)
     if driven:
-        embeds = {k: v.to(a.device, dtype) if v.is_floating_point() else v.to(a.device)
-                  for k, v in cond.kwargs.items() if torch.is_tensor(v)}
-        cond.kwargs.update(embeds)
+        cond.to(a.device, dtype)
     n = len(cond)
-    guidance = _default_guidance(pipe) if a.guidance is None else a.guidance
+    guidance = pipeline_guidance(pipe) if a.guidance is None else a.guidance
     out = a.output_dir
     if a.calibrate:
         local = Path(a.model)
@@ -236,7 +215,7 @@ def run(a) -> Path:
 
         rows = bench({"full": None, **configs}, out / "sweep", write_sweep)
         write_sweep(rows, complete=True)
-        _save_plot(sweep_figure(rows[1:], title), out / SWEEP_PLOT)
+        save_png(sweep_figure(rows[1:], title), out / SWEEP_PLOT)
         _report(rows)
         return path
     methods = {"full": None, name: DQARMethod(cfg)}
@@ -248,7 +227,7 @@ def run(a) -> Path:
 
     rows = bench(methods, out, write)
     write(rows, complete=True)
-    _save_plot(benchmark_figure(rows, f"{title}, {n} images"), out / PLOT)
+    save_png(benchmark_figure(rows, f"{title}, {n} images"), out / PLOT)
     _report(rows)
     return path
 

@@ -9,8 +9,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from dqar_lib import DQARConfig, tiny_dit, tiny_pixart
-from dqar_lib.evaluation.bench import bench_sampling, time_fn, write_bench
+from dqar_lib.evaluation.analysis import write_bench
 from dqar_lib.evaluation.flops import attention_ceiling, dqar_flops, forward_flops
+from dqar_lib.evaluation.run_sampling import bench_sampling
+from dqar_lib.evaluation.timing import time_fn
 
 # ---- flops ------------------------------------------------------------------------------------------
 
@@ -215,7 +217,7 @@ def test_bench_compiled_dqar_uses_regional_compile():
 
 def test_gpu_bench_cli_runs_on_cpu(tmp_path):
     from dqar_lib.artifacts import read_result
-    from dqar_lib.evaluation.gpu_bench import main
+    from dqar_lib.evaluation.run_gpu import main
 
     main(["--out", str(tmp_path), "--models", "tiny", "--batch", "2", "--steps", "3", "--repeats", "1",
           "--device", "cpu"])
@@ -232,7 +234,7 @@ def test_gpu_bench_cli_runs_on_cpu(tmp_path):
 
 def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
     from dqar_lib.artifacts import read_result
-    from dqar_lib.evaluation.gpu_bench import default_batch, main
+    from dqar_lib.evaluation.run_gpu import default_batch, main
 
     assert default_batch("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS") < default_batch("facebook/DiT-XL-2-512") \
         < default_batch("facebook/DiT-XL-2-256") == 8
@@ -249,7 +251,7 @@ def test_gpu_bench_runs_pixart_on_caption_embeddings(tmp_path):
 def test_dominating_lists_strictly_better_points():
     import pandas as pd
 
-    from dqar_lib.evaluation.bench import dominating
+    from dqar_lib.evaluation.analysis import dominating
 
     df = pd.DataFrame({"speedup": [1.0, 1.2, 1.3, 1.2, 1.5, 1.2], "psnr": [float("inf"), 33.0, 34.0, 33.0, 20.0, 33.5]},
                       index=["full", "dqar", "better", "tie", "faster only", "closer only"])
@@ -261,7 +263,7 @@ def test_dominating_lists_strictly_better_points():
 def test_compiled_run_that_would_fall_back_to_eager_is_refused(monkeypatch):
     """dynamo's default on hitting its recompile limit is a warning and a silent eager run; the benchmark fails
     instead, naming the method, and counts each method's compiled graphs otherwise."""
-    import dqar_lib.evaluation.bench as bench
+    import dqar_lib.evaluation.timing as timing
 
     torch._dynamo.reset()
     model = tiny_dit()
@@ -269,7 +271,7 @@ def test_compiled_run_that_would_fall_back_to_eager_is_refused(monkeypatch):
                           compile_options=dict(backend="eager"), progress=False)
     assert rows[0]["compiled_graphs"] >= 1
     torch._dynamo.reset()
-    monkeypatch.setattr(bench, "compile_limits", lambda n: dict(recompile_limit=1, fail_on_recompile_limit_hit=True))
+    monkeypatch.setattr(timing, "compile_limits", lambda n: dict(recompile_limit=1, fail_on_recompile_limit_hit=True))
     with pytest.raises(RuntimeError, match="compiled run of 'full' hit dynamo's recompile limit"):
         bench_sampling(model, [0, 1], {"full": None}, num_steps=2, repeats=1, warmup=0, compile=True,
                        compile_options=dict(backend="eager"), progress=False)
@@ -277,7 +279,6 @@ def test_compiled_run_that_would_fall_back_to_eager_is_refused(monkeypatch):
 
 
 def test_bench_collects_a_failing_method_and_times_the_rest(dit):
-    from dqar_lib.evaluation.bench import bench_sampling
     from dqar_lib.evaluation.methods import Method
 
     class Broken(Method):
@@ -310,7 +311,7 @@ def test_cuda_graph_baseline_refuses_a_cpu_model_and_leaves_it_unpatched(dit):
 
 def test_gpu_bench_replays_the_fronts_fitted_plans_at_any_depth():
     from dqar_lib.artifacts import read_result
-    from dqar_lib.evaluation.gpu_bench import PLAN_BUDGETS, methods, replayed_plans
+    from dqar_lib.evaluation.run_gpu import PLAN_BUDGETS, methods, replayed_plans
     from dqar_lib.method.files import FRONT
 
     plans = replayed_plans(28)
@@ -327,7 +328,7 @@ def test_gpu_bench_replays_the_fronts_fitted_plans_at_any_depth():
 
 def test_gpu_bench_runs_only_the_named_methods_and_modes(tmp_path):
     from dqar_lib.artifacts import read_result
-    from dqar_lib.evaluation.gpu_bench import main
+    from dqar_lib.evaluation.run_gpu import main
 
     main(["--out", str(tmp_path), "--models", "tiny", "--batch", "1", "--steps", "50", "--repeats", "1",
           "--device", "cpu", "--modes", "eager", "--methods", "dqar", "DQAR plan 0.58"])
@@ -341,7 +342,7 @@ def test_gpu_bench_runs_only_the_named_methods_and_modes(tmp_path):
 def test_against_baselines_reads_each_row_against_every_full_compute_variant():
     import pandas as pd
 
-    from dqar_lib.evaluation.gpu_bench import against_baselines
+    from dqar_lib.evaluation.analysis import against_baselines
 
     df = pd.DataFrame(dict(model="m", compiled=[False, False, False, True, True],
                            method=["full", "full, CUDA graph", "dqar", "full", "dqar"],
@@ -356,7 +357,7 @@ def test_against_baselines_reads_each_row_against_every_full_compute_variant():
 def test_gpu_finding_names_the_baselines_and_the_best_compiled_dqar_row():
     import pandas as pd
 
-    from dqar_lib.evaluation.gpu_bench import best_compiled, finding
+    from dqar_lib.evaluation.analysis import best_compiled, finding
 
     df = pd.DataFrame(dict(model="org/DiT-XL-2-256", compiled=[False, False, True, True, True],
                            method=["full", "full, CUDA graph", "full", "dqar", "DQAR plan 0.56"],

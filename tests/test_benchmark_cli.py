@@ -156,7 +156,7 @@ def test_offline_prompt_url_names_the_url(folders, tmp_path, capsys, monkeypatch
 
 def test_interrupted_run_leaves_valid_json(folders, tmp_path, monkeypatch):
     """A run stopped during the second method keeps the first method's row and images, marked incomplete."""
-    import dqar_lib.evaluation.benchmark as bench_mod
+    import dqar_lib.evaluation.run_pipeline as bench_mod
 
     real, calls = bench_mod.time_method, []
 

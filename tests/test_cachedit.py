@@ -7,11 +7,11 @@ import torch
 from test_peers import Counter
 
 from dqar_lib import sample, tiny_dit
-from dqar_lib.evaluation.bench import bench_sampling
 from dqar_lib.evaluation.cachedit import CacheDitPeer
 from dqar_lib.evaluation.methods import run_method
 from dqar_lib.evaluation.metrics import psnr
 from dqar_lib.evaluation.peers import get_peer, peer_status
+from dqar_lib.evaluation.run_sampling import bench_sampling
 
 LABELS, STEPS = [1, 2], 8  # guidance 1.5: one CFG batch of 4 rows per step
 LOOSE = dict(residual_diff_threshold=0.5, max_warmup_steps=2)  # skips on the random tiny DiT in 8 steps

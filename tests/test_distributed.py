@@ -89,7 +89,7 @@ def _run(cmd: list[str]) -> None:
 
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     """Two gloo ranks (uneven: 2 batches and 1) gather the same images as a single process."""
-    args = ["-m", "dqar_lib.evaluation.distributed", "--model", "tiny", "--num-images", "6", "--steps", "3",
+    args = ["-m", "dqar_lib.distributed", "--model", "tiny", "--num-images", "6", "--steps", "3",
             "--batch-size", "2", "--seed", "11", "--dqar", "always"]
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
           "--out", str(tmp_path / "two")])
@@ -107,7 +107,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
 def test_torchrun_default_splits_the_images_over_the_ranks(tmp_path):
     """Without --batch-size each rank samples its share (one batch a rank), and PNGs land beside samples.pt."""
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-          "dqar_lib.evaluation.distributed", "--model", "tiny", "--num-images", "5", "--steps", "2",
+          "dqar_lib.distributed", "--model", "tiny", "--num-images", "5", "--steps", "2",
           "--out", str(tmp_path)])
     result = json.loads((tmp_path / MANIFEST).read_text())["result"]
     assert result["rank_images"] == {"0": 3, "1": 2} and result["batches"] == 2
@@ -121,8 +121,12 @@ def test_torchrun_default_splits_the_images_over_the_ranks(tmp_path):
     assert torch.allclose(first, saved["images"][0], atol=1 / 255)
 
 
-def test_the_short_module_name_runs_the_same_command():
-    """`torchrun ... -m dqar_lib.distributed` (the name the README gives) is the same command."""
+def test_the_command_is_the_top_level_module():
+    """`torchrun ... -m dqar_lib.distributed` (the name the README gives) is the command; the library module that
+    does the work (`dqar_lib.evaluation.distributed`) has no second one."""
+    import dqar_lib.evaluation.distributed as lib
+
     out = subprocess.run([sys.executable, "-m", "dqar_lib.distributed", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "--num-images" in out.stdout, out.stderr
+    assert not hasattr(lib, "main")

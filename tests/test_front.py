@@ -8,16 +8,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from dqar_lib import DQARConfig, sample, tiny_dit  # noqa: E402
-from dqar_lib.evaluation.front import (  # noqa: E402
-    bar_point,
-    forecast_variants,
-    front_bench,
-    front_entries,
-    preset_entry,
-    speed_at_accuracy,
-    speed_at_psnr,
-)
+from dqar_lib.evaluation.analysis import bar_point, speed_at_accuracy, speed_at_psnr  # noqa: E402
+from dqar_lib.evaluation.front import forecast_variants, front_entries, preset_entry  # noqa: E402
 from dqar_lib.evaluation.methods import as_method  # noqa: E402
+from dqar_lib.evaluation.run_sampling import front_bench  # noqa: E402
 from dqar_lib.method.rule import keep_ahead  # noqa: E402
 from dqar_lib.publish import plots  # noqa: E402
 

@@ -4,10 +4,12 @@
     and the top-level commands such as dqar_lib.benchmark)
 
 A module may import its own layer or a lower one, never a higher one, and the import graph has no cycle
-(imports inside functions included: a lazy import hides a cycle, it does not remove it).
+(imports inside functions included: a lazy import hides a cycle, it does not remove it). A name with a leading
+underscore is private to its module: no other module imports it.
 """
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,42 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def private_imports() -> list[str]:
+    """`from M import _name` lines of dqar_lib where M is another dqar_lib module (or a package's `__init__`)."""
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    found = []
+    for mod, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = resolve(mod, path.name == "__init__.py", node)[0] if node.level else node.module or ""
+            if not target.startswith("dqar_lib") or target == mod:
+                continue
+            found += [f"{path.relative_to(PKG.parent)}:{node.lineno}: from {target} import {a.name}"
+                      for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name():
+    private = private_imports()
+    assert not private, "private names imported across modules (make them public or keep them home):\n" + \
+        "\n".join(private)
+
+
+def test_the_private_import_check_sees_relative_and_absolute_imports(tmp_path, monkeypatch):
+    """The check itself: a relative and an absolute import of a private name are both caught, a public one is not."""
+    pkg = tmp_path / "dqar_lib"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .a import public\n")
+    (pkg / "sub" / "a.py").write_text("def _hidden(): pass\ndef public(): pass\n")
+    (pkg / "sub" / "b.py").write_text("from .a import _hidden, public\n")
+    (pkg / "c.py").write_text("def f():\n    from dqar_lib.sub.a import _hidden\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    assert sorted(private_imports()) == ["dqar_lib/c.py:2: from dqar_lib.sub.a import _hidden",
+                                         "dqar_lib/sub/b.py:1: from dqar_lib.sub.a import _hidden"]
 
 
 def test_the_api_page_lists_every_module():

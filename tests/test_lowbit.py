@@ -38,7 +38,7 @@ def test_torchao_peer_rejects_bad_use():
 
 
 def test_torchao_peer_runs_in_the_benchmark():
-    from dqar_lib.evaluation.bench import bench_sampling
+    from dqar_lib.evaluation.run_sampling import bench_sampling
 
     rows = bench_sampling(tiny_dit(), [0, 1], {"full": None, "int8": TorchaoPeer("int8_dynamic")}, num_steps=3,
                           repeats=1, warmup=0, progress=False)

@@ -7,7 +7,7 @@ import torch
 
 from dqar_lib import benchmark
 from dqar_lib.artifacts import read_result
-from dqar_lib.evaluation.pipe_benchmark import pipeline_call, run_pipeline_benchmark
+from dqar_lib.evaluation.run_pipeline import load_embeds, pipeline_call, run_pipeline_benchmark
 from dqar_lib.models.pipelines import load_pipeline, pipeline_driven, tiny_dit_pipeline
 from dqar_lib.models.tiny_pipelines import tiny_pipeline
 
@@ -115,4 +115,4 @@ def test_bad_embeds_are_named(tmp_path):
         pipeline_call(pipe, 2)
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match=r"holds a list; expected a dict of pipe\(\.\.\.\) arguments"):
-        benchmark._load_embeds(tmp_path / "list.pt")
+        load_embeds(tmp_path / "list.pt")

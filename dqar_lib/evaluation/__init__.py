@@ -1,1 +1,2 @@
-"""Measuring methods side by side: the method interface, the benchmark, the peers, low-bit baselines, metrics."""
+"""Measuring methods side by side: the method interface, the timing rules and their runners, the analysis of
+their results, the peers, low-bit baselines, metrics."""

@@ -1,118 +1,18 @@
-"""The speed-quality front: every method against full compute, and against simply taking fewer steps, in one run.
+"""The speed-quality front's entries: every method against full compute, and against simply taking fewer steps.
 
-    rows = front_bench(model, labels, {"full": (None, 50), "ddim-25": (None, 25), "forecast": ("forecast", 50)})
-    speed_at_psnr(pd.DataFrame(rows), family="family", targets=(35, 40, 45))
+    entries = front_entries(num_steps=50)                          # name -> (family, (method, steps[, scheduler]))
+    rows = front_bench(model, labels, {n: e for n, (_, e) in entries.items()})   # dqar_lib.evaluation.run_sampling
+    speed_at_psnr(pd.DataFrame(rows), family="family", targets=(35, 40, 45))    # dqar_lib.evaluation.analysis
 
-An entry is (method, steps[, scheduler]); each is prepared once, then timed `repeats` times round-robin (after
-`warmup` untimed rounds), so machine noise falls on all alike. Quality is PSNR / SSIM of each entry's images
-against the reference entry's (full compute at its steps, same seed and labels).
+An entry is (method, steps[, scheduler]). `front_bench` times them round-robin, `analysis` reads the front, and
+`distribution_quality` scores an entry's samples (class accuracy, proxy FID).
 """
 
 from __future__ import annotations
 
-import statistics
-
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..models.sampling import default_guidance
-from .bench import summary, time_method
-from .methods import as_method, run_method
-from .metrics import psnr, ssim
-
-
-def front_bench(model: torch.nn.Module, labels, entries: dict[str, tuple], reference: str = "full", seed: int = 0,
-                repeats: int = 3, warmup: int = 1, guidance_scale: float | None = None,
-                progress: bool = True) -> list[dict]:
-    """One row per entry: median / IQR of the whole sampling call, speedup and PSNR / SSIM against `reference`,
-    reuse fraction (DQAR's own count; for other methods the skipped attention calls), steps and scheduler."""
-    if reference not in entries:
-        raise ValueError(f"reference {reference!r} is not an entry; entries are {list(entries)}")
-    guidance = default_guidance(model) if guidance_scale is None else float(guidance_scale)
-    dev = next(model.parameters()).device
-    plan = {}
-    for name, e in entries.items():
-        if len(e) not in (2, 3):
-            raise ValueError(f"entry {name!r} must be (method, steps) or (method, steps, scheduler), got {e!r}")
-        method, steps, sched = as_method(e[0]), int(e[1]), e[2] if len(e) == 3 else "ddim"
-        kw = dict(num_steps=steps, scheduler=sched, seed=seed, guidance_scale=guidance, progress=False)
-        if method is not None:
-            method.prepare(model, labels, **kw)
-        plan[name] = (method, kw)
-    times, results = {n: [] for n in plan}, {}
-    bar = tqdm(total=(warmup + repeats) * len(plan), desc="front", disable=not progress, leave=False)
-    for r in range(warmup + repeats):
-        for name, (method, kw) in plan.items():
-            ms, results[name] = time_method(model, method, labels, kw, dev)
-            if r >= warmup:
-                times[name].append(ms)
-            bar.update()
-    bar.close()
-    ref, base_ms = results[reference], statistics.median(times[reference])
-    rows = []
-    for name, (_, kw) in plan.items():
-        res, s = results[name], summary(times[name])
-        rows.append(dict(method=name, steps=kw["num_steps"], scheduler=kw["scheduler"], **s,
-                         speedup=base_ms / s["median_ms"], reuse_fraction=res.stats.get("reuse_fraction", 0.0),
-                         psnr=psnr(res.images, ref.images), ssim=ssim(res.images, ref.images),
-                         peak_cache_bytes=res.stats.get("peak_cache_bytes", 0)))
-    return rows
-
-
-def speed_at_psnr(df, family: str = "family", targets=(35.0, 40.0, 45.0)) -> dict[str, dict[float, float | None]]:
-    """Each family's speedup at equal quality: its best speedup among points at or above the target PSNR, linearly
-    interpolated between the two points that bracket the target on the family's upper front (None: never reached).
-
-    `df` holds one row per point with columns `speedup`, `psnr` and `family` (e.g. "fewer steps", "SeaCache").
-    """
-    out = {}
-    for fam, g in df.groupby(family):
-        pts = sorted(zip(g.psnr.clip(upper=99.0), g.speedup), key=lambda p: -p[0])  # best quality first
-        front, best = [], -np.inf
-        for q, v in pts:  # the upper front: each point faster than every better-quality one
-            if v > best:
-                front.append((q, v))
-                best = v
-        res = {}
-        for t in targets:
-            above = [(q, v) for q, v in front if q >= t]
-            below = [(q, v) for q, v in front if q < t]
-            if not above:
-                res[t] = None
-            elif not below:
-                res[t] = max(v for _, v in above)
-            else:
-                (q1, v1), (q0, v0) = above[-1], below[0]  # the fastest point above, the best-quality one below
-                res[t] = v1 + (v0 - v1) * (q1 - t) / (q1 - q0)
-        out[fam] = res
-    return out
-
-
-def speed_at_accuracy(df, family: str = "family", acc_tol: float = 0.02) -> dict[str, float | None]:
-    """Each family's speedup at equal distribution quality: its fastest point whose class accuracy lies within
-    `acc_tol` of full compute's (None: no point does). `df` has one row per point with columns `method` (one of
-    them "full"), `speedup`, `class_accuracy` and `family`."""
-    full = df[df.method == "full"]
-    if len(full) != 1:
-        raise ValueError(f"speed_at_accuracy needs exactly one 'full' row to compare against, found {len(full)}")
-    near = (df.class_accuracy - float(full.class_accuracy.iloc[0])).abs() <= acc_tol
-    best = df[near].groupby(family).speedup.max()
-    return {fam: (float(best[fam]) if fam in best.index else None) for fam in df[family].unique()}
-
-
-def bar_point(df, prefix: str | tuple[str, ...] = "DQAR", min_psnr: float = 43.0,
-              acc_tol: float = 0.02) -> str | None:
-    """The fastest entry whose name starts with `prefix` (or any of a tuple of prefixes) at `min_psnr` dB or more
-    and with class accuracy within `acc_tol` of full compute's (the bar the front is read against); None when no
-    entry qualifies.
-
-    `df` is the front indexed by method name, with a "full" row and columns `speedup`, `psnr`, `class_accuracy`."""
-    if "full" not in df.index:
-        raise ValueError(f"bar_point needs the front's 'full' row to compare class accuracy; rows: {list(df.index)}")
-    near = (df.class_accuracy - df.loc["full"].class_accuracy).abs() <= acc_tol
-    ok = df[df.index.str.startswith(prefix) & (df.psnr >= min_psnr) & near].speedup
-    return ok.idxmax() if len(ok) else None
+from .methods import run_method
 
 
 def preset_entry(name: str = "dqar") -> str:

@@ -149,6 +149,15 @@ def as_method(x) -> Method | None:
                      f"got {_short(x)}")
 
 
+def method_fields(method: Method | None) -> dict | None:
+    """DQAR: the config's fields that differ from DQARConfig's defaults; a peer: its name and params; full: None."""
+    if method is None:
+        return None
+    if isinstance(method, DQARMethod):
+        return dict(method.params)
+    return {"peer": method.name, **method.params}
+
+
 def run_method(model: torch.nn.Module, method, labels=None, *, prepare: bool = True,
                around: Callable[[Callable[[], SampleResult]], SampleResult] | None = None,
                **sample_kwargs) -> SampleResult:

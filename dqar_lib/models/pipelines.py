@@ -166,7 +166,7 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
 
 
-def _tiny_vae(shift_factor: float | None = None):
+def tiny_vae(shift_factor: float | None = None):
     """A one-block AutoencoderKL (4 latent channels); SD3 / Flux pipelines decode with a `shift_factor`."""
     from diffusers import AutoencoderKL
 
@@ -185,7 +185,7 @@ def tiny_dit_pipeline(depth: int = 2, sample_size: int = 8):
                                         num_layers=depth, sample_size=sample_size, patch_size=2,
                                         num_embeds_ada_norm=1000).eval()  # DiTPipeline's null class is 1000
     id2label = {i: name for i, name in enumerate("airplane automobile bird cat deer dog frog horse ship truck".split())}
-    pipe = DiTPipeline(transformer, _tiny_vae().eval(), DDIMScheduler(), id2label=id2label)
+    pipe = DiTPipeline(transformer, tiny_vae().eval(), DDIMScheduler(), id2label=id2label)
     pipe.register_to_config(id2label=id2label)  # saved in model_index.json, as the hub's DiT pipelines carry it
     return pipe
 
@@ -221,5 +221,5 @@ def tiny_pixart_pipeline(depth: int = 2, sample_size: int = 8):
                                            num_layers=depth, cross_attention_dim=16, caption_channels=16,
                                            sample_size=sample_size, patch_size=2,
                                            use_additional_conditions=False).eval()
-    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=_tiny_vae().eval(),
+    return PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae().eval(),
                                transformer=transformer, scheduler=DPMSolverMultistepScheduler())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .pipelines import _tiny_vae
+from .pipelines import tiny_vae
 from .tiny_families import FAMILIES, POOLED_DIM, TEXT_DIM, TEXT_TOKENS
 
 _TRANSFORMER = {"StableDiffusion3Pipeline": "SD3Transformer2DModel", "FluxPipeline": "FluxTransformer2DModel"}
@@ -25,7 +25,7 @@ def tiny_pipeline(name: str):
     diffusers = _quiet_diffusers()
     spec = FAMILIES[_TRANSFORMER[name]]
     g = torch.Generator().manual_seed(2)
-    parts = dict(transformer=spec.make(), scheduler=spec.scheduler(), vae=_tiny_vae(shift_factor=0.0).eval(),
+    parts = dict(transformer=spec.make(), scheduler=spec.scheduler(), vae=tiny_vae(shift_factor=0.0).eval(),
                  text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     emb = dict(prompt_embeds=torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=g),
                pooled_prompt_embeds=torch.randn(1, POOLED_DIM, generator=g), output_type="latent")

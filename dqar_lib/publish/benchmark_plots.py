@@ -1,15 +1,17 @@
 """The figures `python -m dqar_lib.benchmark` writes: a method comparison and a gate-threshold sweep.
 
-Each panel is a function of an `ax` and the benchmark's rows (dqar_lib.evaluation.benchmark), in the book's
+Each panel is a function of an `ax` and the benchmark's rows (dqar_lib.evaluation.run_pipeline), in the book's
 style (dqar_lib.publish.plots.style); the two figure functions lay the panels out.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from ..method.files import atomic_write
 from .plots import style
 
 PANELS = (("ms_per_image", "ms per image"), ("peak_memory_bytes", "peak memory (MiB)"),
@@ -64,3 +66,10 @@ def sweep_figure(rows: list[dict], title: str = ""):
     axes[-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def save_png(fig, path: Path) -> None:
+    """Write `fig` to `path` as a PNG (atomically, 120 dpi) and close it."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)

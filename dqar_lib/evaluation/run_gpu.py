@@ -1,11 +1,12 @@
 """The GPU benchmark (notebooks/07_gpu_benchmarks, full profile): DiT-XL/2 and PixArt-Σ, eager and compiled.
 
-    python -m dqar_lib.evaluation.gpu_bench --out DIR [--models facebook/DiT-XL-2-256 ...] [--batch 16] [--steps 50]
+    python -m dqar_lib.evaluation.run_gpu --out DIR [--models facebook/DiT-XL-2-256 ...] [--batch 16] [--steps 50]
 
 Weights are random unless the hub is reachable (`--hub`): speed then reflects the decision plan and the
 architecture, not the weights, and quality is the latent's relative L2 change against full compute.
 PixArt-Σ is conditioned on random caption embeddings (T5's width, 300 tokens): no text encoder runs.
-Each model gets two runs in this process, eager and compiled, each against its own full-compute baseline.
+Each model gets two runs in this process, eager and compiled, each against its own full-compute baseline
+(`run_sampling.bench_sampling`, one JSON per run); `analysis.load_results` reads them back.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from ..method.config import DQARConfig
 from ..method.files import FRONT
 from ..models.sampling import is_text_conditioned
 from ..models.zoo import REAL_MODELS, load_model, random_real, tiny_dit, tiny_pixart
-from .bench import bench_sampling, write_bench
+from .analysis import write_bench
 from .graphed import CUDAGraphFull
 from .lowbit import TorchaoPeer
 from .peers import PEERS
+from .run_sampling import bench_sampling
 
 DIT_MODELS = [m for m in REAL_MODELS if "DiT-XL" in m]
 BENCH_MODELS = DIT_MODELS + [m for m in REAL_MODELS if "PixArt-Sigma" in m]
@@ -180,80 +182,6 @@ def run(models: list[str], out: Path, batch: int | None, steps: int, repeats: in
     return written
 
 
-def load_results(folder: str | Path):
-    """Every benchmark file in `folder` as one DataFrame: a row per (file, method), with the file's model,
-    weights, compiled flag and device from its manifest. Empty (no rows) when the folder holds none. The CUDA-graph
-    baseline is full compute: its reuse is 0 and its FLOPs ratio 1 whatever an older file counted."""
-    import pandas as pd
-
-    from ..artifacts import read_result
-
-    frames = []
-    for path in sorted(Path(folder).glob("*.json")):
-        res = read_result(path)
-        params, rows = res["manifest"]["params"], res["result"]["rows"]
-        frames.append(pd.DataFrame(rows).assign(file=path.name, model=params["model"], weights=params["weights"],
-                                               device=res["manifest"]["device"], date=res["manifest"]["date"]))
-    if not frames:
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
-    # runs before the CUDA-graph baseline said `replays_graphs` counted its silent hooks as reuse (README.md there)
-    graphed = df["method"] == CUDAGraphFull.name
-    df.loc[graphed, ["reuse_fraction", "flops_ratio"]] = [0.0, 1.0]
-    return df
-
-
-def against_baselines(df):
-    """Per model, every (mode, method) row of `load_results` with its median time and its speed against each
-    full-compute baseline measured for that model: eager, compiled and CUDA-graphed (NaN where one is missing).
-    Rows of one file share a process; a ratio across the eager and the compiled file compares two runs on one
-    machine (the `same_run` column says which ratios are within one)."""
-    import pandas as pd
-
-    out = []
-    for model, rows in df.groupby("model", sort=False):
-        base = {}
-        for label, compiled, method in (("eager", False, "full"), ("compiled", True, "full"),
-                                        ("CUDA graph", False, CUDAGraphFull.name)):
-            hit = rows[(rows.compiled == compiled) & (rows.method == method)]
-            base[label] = float(hit.median_ms.iloc[0]) if len(hit) else float("nan")
-        t = rows[["compiled", "method", "median_ms", "iqr_ms", "reuse_fraction"]].copy()
-        t.insert(0, "model", model)
-        for label, ms in base.items():
-            t[f"x vs {label}"] = ms / t.median_ms
-        t["same_run"] = t.compiled.map({False: "eager, CUDA graph", True: "compiled"})
-        out.append(t)
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
-
-
-def best_compiled(gpu):
-    """The compiled DQAR row (a "dqar…" or "gates…" method) with the highest speedup over compiled full compute
-    in a `load_results` table, or None when there is none."""
-    rows = gpu[gpu.compiled & gpu.method.str.lower().str.startswith(("dqar", "gates"))] if len(gpu) else gpu
-    return rows.loc[rows.speedup.idxmax()] if len(rows) else None
-
-
-def finding(gpu) -> str:
-    """What a `load_results` table shows, in one paragraph: eager full compute, the CUDA-graphed baseline against
-    it, and the best compiled DQAR row against the compiled and the CUDA-graphed baselines."""
-    best = best_compiled(gpu)
-    if best is None:
-        return "No GPU run is committed yet."
-    m = against_baselines(gpu[gpu.model == best.model]).set_index(["compiled", "method"])
-    full, dq, run0 = m.loc[(False, "full")], m.loc[(True, best.method)], gpu[gpu.model == best.model].iloc[0]
-    graph = m.loc[(False, CUDAGraphFull.name)] if (False, CUDAGraphFull.name) in m.index else None
-    text = (f"On {best.device}, {best.model.split('/')[-1]} with {run0.weights.split(' (')[0]} weights in fp16 "
-            f"({run0.images} images with CFG, DDIM-{run0.steps}): eager full compute takes {full.median_ms:.0f} ms "
-            "a sampling call")
-    if graph is not None:
-        text += (f", and replaying each denoiser call from a CUDA graph alone makes it {graph['x vs eager']:.2f}x "
-                 "faster: the eager step is launch-bound")
-    text += f". DQAR's {best.method!r}, compiled, runs at {dq['x vs compiled']:.2f}x the compiled fp16 baseline"
-    if graph is not None:
-        text += f" and {dq['x vs CUDA graph']:.2f}x the CUDA-graphed one (two runs, one machine)"
-    return text + f", reusing {dq.reuse_fraction:.2f} of the (step, layer) computes."
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
@@ -263,7 +191,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="only these methods (and full compute); the names of gpu_bench.methods")
+                   help="only these methods (and full compute); the names of run_gpu.methods")
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--hub", action="store_true", help="load real weights from the hub (Colab)")
     a = p.parse_args(argv)
