@@ -5,8 +5,8 @@ import torch
 
 from dqar_lib import DQARConfig, sample
 from dqar_lib.method.cache import ReuseCache, signature
-from dqar_lib.method.config import Serve
 from dqar_lib.method.forecast import extrapolate, newton_weights
+from dqar_lib.method.serving import Serve
 
 
 def test_weights_reproduce_polynomials_of_their_order():

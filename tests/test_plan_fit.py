@@ -18,7 +18,7 @@ from dqar_lib.fitting.plan_fit import (
     skip_rms,
 )
 from dqar_lib.method.cache import ReuseCache
-from dqar_lib.method.config import Serve
+from dqar_lib.method.serving import Serve
 
 
 def test_stack_serves_what_per_block_forecasts_serve_under_one_plan(dit):

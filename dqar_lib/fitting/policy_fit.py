@@ -22,10 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..method.config import DQARConfig, Plan, Serve, Store
+from ..method.config import DQARConfig
 from ..method.files import DEFAULT_POLICY
+from ..method.modes import Plan
 from ..method.policy import ATTN_FEATURES, FEATURES, ReusePolicy, policy_features, save_policy
 from ..method.schedule import progress
+from ..method.serving import Serve, Store
 from ..models.sampling import sample
 from .tracing import gate_thresholds, record_trace
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from .modes import Always, Change, Gates, LayerSchedule, Off, Period, Plan, Policy, Profile
+from .serving import Serve, Store
 
 FLAT_DEFAULTS: dict = dict(
     enabled=True, granularity="block", warmup=0.2, use_entropy_gate=True, tau=0.92, tau_slope=0.0, p_ref=77,
@@ -115,18 +116,16 @@ def _decision(f: dict):
     return Profile(**capped)
 
 
-def from_flat(f: dict):
-    """Today's config from a complete flat dict (every name of FLAT_DEFAULTS)."""
-    from .config import DQARConfig, Serve, Store
-
+def from_flat(f: dict) -> dict:
+    """Today's config fields (`DQARConfig(**fields)`) from a complete flat dict (every name of FLAT_DEFAULTS)."""
     decide = _decision(f)
     serve = Serve(**serve_fields(dict(order=f["forecast_order"], abscissa=f["forecast_in"],
                                       weights=f["forecast_weights"])))
     csb = f["cache_mode"] == "csb"
     store = Store(mode=f["cache_mode"], calibration=f["cache_calibration"] if csb else None,
                   dynamic_scale=f["cache_calib_dynamic"] if csb else True, budget_bytes=f["cache_budget_bytes"])
-    return DQARConfig(decide=decide, serve=serve, store=store, cfg_share_from=f["cfg_share_start"] if f["cfg_share"]
-                      else None, **{k: f[k] for k in _TOP})
+    share = f["cfg_share_start"] if f["cfg_share"] else None
+    return dict(decide=decide, serve=serve, store=store, cfg_share_from=share, **{k: f[k] for k in _TOP})
 
 
 def _owner(cfg, group: str):
@@ -138,7 +137,7 @@ def _owner(cfg, group: str):
 
 
 def to_flat(cfg) -> dict:
-    """The flat dict `from_flat` reads back into `cfg` (fields the decision does not read at the old defaults)."""
+    """The flat dict `from_flat` reads back into `cfg`'s fields (those its decision ignores at the old defaults)."""
     d, f = cfg.decide, dict(FLAT_DEFAULTS, **{k: getattr(cfg, k) for k in _TOP})
     for name, (group, attr) in _PATHS.items():
         owner = _owner(cfg, group)
@@ -176,7 +175,7 @@ def _reads(cfg, name: str, value) -> bool:
 def apply_flat(cfg, changes: dict):
     """`cfg` with flat fields changed; a change the resulting config would not read is a ValueError naming it."""
     check_names(changes)
-    new = from_flat({**to_flat(cfg), **changes})
+    new = type(cfg)(**from_flat({**to_flat(cfg), **changes}))
     for name, value in changes.items():
         if not _reads(new, name, value):
             raise ValueError(f"DQARConfig: {name}={value!r} is not read by a config that decides by {new.kind!r} "
