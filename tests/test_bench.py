@@ -8,7 +8,7 @@ from conftest import dit_inputs, pixart_inputs
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from dqar_lib import DQARConfig, tiny_dit, tiny_pixart
+from dqar_lib import PRESETS, DQARConfig, tiny_dit, tiny_pixart
 from dqar_lib.evaluation.analysis import write_bench
 from dqar_lib.evaluation.flops import attention_ceiling, dqar_flops, forward_flops
 from dqar_lib.evaluation.run_sampling import bench_sampling
@@ -116,7 +116,7 @@ def test_bench_sampling_rows(dit, tmp_path):
     # full compute and the "off" preset give identical images and FLOPs; "always" reuses 3 of 4 steps
     assert math.isinf(full["psnr"]) and math.isinf(off["psnr"]) and off["ssim"] == pytest.approx(1.0)
     assert off["reuse_fraction"] == 0.0 and off["flops_ratio"] == 1.0
-    assert full["config"] is None and off["config"] == {"enabled": False, "collect_stats": False}
+    assert full["config"] is None and off["config"] == PRESETS["off"].changes() and off["config"]["decide.kind"] == "off"
     assert always["reuse_fraction"] == pytest.approx(3 / 4)
     assert math.isfinite(always["psnr"]) and always["ssim"] < 1.0
     per_image_full = 4 * forward_flops(dit, 4)["total"] / 2  # guidance 1.5: batch 2 labels x 2 halves
@@ -164,12 +164,11 @@ def test_bench_runs_dqar_exactly_as_sample_does(dit):
                "dqar": DQARConfig.preset("gates", tau=1.0, snr_lo=0.0, warmup=0.0, cfg_share=True)}
     rows = bench_sampling(dit, [0, 1], configs, num_steps=5, seed=2, repeats=1, warmup=0, progress=False)
     full = sample(dit, [0, 1], num_steps=5, seed=2, progress=False).latents.float()
-    default = DQARConfig().to_dict()
     for row in rows[1:]:
         res = sample(dit, [0, 1], num_steps=5, seed=2, dqar=configs[row["method"]], progress=False)
         assert row["latent_rel_l2"] == ((res.latents.float() - full).norm() / full.norm()).item() > 0
         assert row["reuse_fraction"] == res.stats["reuse_fraction"] > 0
-        assert row["config"] == {k: v for k, v in res.controller.config.to_dict().items() if v != default[k]}
+        assert row["config"] == res.controller.config.changes()
 
 
 def test_write_bench_refuses_no_rows(tmp_path):

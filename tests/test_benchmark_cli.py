@@ -67,7 +67,7 @@ def test_dit_class_ids_default_to_id2label_and_overrides_reach_the_config(folder
     assert r["conditions"] == ["airplane", "automobile", "bird"]
     assert [row["method"] for row in r["rows"]] == ["full", "dqar (gates) + tau=1.0, snr_lo=0", "diffusers pab"]
     dqar_row = r["rows"][1]
-    assert dqar_row["config"] == {"tau": 1.0, "snr_lo": 0.0}
+    assert dqar_row["config"]["decide.tau"] == 1.0 and dqar_row["config"]["decide.snr_lo"] == 0.0
     assert dqar_row["reuse_fraction"] > 0 and dqar_row["psnr"] < float("inf")  # tau=1 lets blocks reuse
 
 
@@ -127,7 +127,8 @@ def test_bad_jsonl_line_and_field_are_named(folders, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--set", "taux=0.9"], "override 'taux=0.9' names no DQARConfig field"),
-    (["--set", "tau=2"], "Gates.tau=2.0 is invalid"),
+    (["--set", "tau=2"], "tau=2.0 is not read by a config that decides by 'profile'"),
+    (["--preset", "gates", "--set", "tau=2"], "Gates.tau=2.0 is invalid"),
     (["--set", "tau=high"], "override 'tau=high': tau takes a float"),
     (["--preset", "turbo"], "unknown DQAR preset 'turbo'"),
     (["--peers", "nope"], "unknown peers ['nope']"),

@@ -286,8 +286,7 @@ def test_as_method_turns_names_configs_and_methods_into_methods():
     assert as_method(None) is None
     m = as_method("always")
     assert isinstance(m, DQARMethod) and m.name == "always" and m.config == DQARConfig.preset("always")
-    default = DQARConfig().to_dict()
-    assert m.params == {k: v for k, v in m.config.to_dict().items() if v != default[k]} != {}
+    assert m.params == m.config.changes() != {} and m.params["decide.kind"] == "always"
     cfg = DQARConfig.preset("static")
     assert as_method(cfg).config is cfg and as_method(cfg).name == "dqar"
     peer = PEERS["pab"]()

@@ -58,11 +58,6 @@ class Method(abc.ABC):
         return None
 
 
-def _changed_fields(config: DQARConfig) -> dict:
-    now, default = config.to_dict(), DQARConfig().to_dict()
-    return {k: v for k, v in now.items() if v != default[k]}
-
-
 class DQARMethod(Method):
     """DQAR as a Method: `apply` is `apply_dqar`, `remove` is `remove_dqar`, `stats()` its controller's.
 
@@ -81,7 +76,7 @@ class DQARMethod(Method):
             name = "dqar"
         else:
             raise ValueError(f"DQARMethod needs a DQARConfig or a preset name, got {_short(config)}")
-        self.name, self.config, self.params = name, config, _changed_fields(config)
+        self.name, self.config, self.params = name, config, config.changes()
         self.scheduler, self.prompt_length = scheduler, prompt_length
         self.compile, self.compile_options = compile, compile_options
         self.controller: DQARController | None = None

@@ -28,7 +28,7 @@ CFG_LAYOUTS = ("cond_first", "cond_second")
 class DQARConfig:
     """What DQAR may reuse, when, and how. The defaults are the `"dqar"` preset, what `apply_dqar(model)` runs."""
 
-    decide: Decision = field(default_factory=lambda: Profile(end_computes=1,
+    decide: Decision = field(default_factory=lambda: Profile(end_computes=1, max_streak=1,
                                                              streak_profile=((0.0, 1), (0.2, 2), (0.9, 1))))
     """What decides (one of `dqar_lib.method.modes`: Off, Always, Plan, Period, Profile, Gates, Change, Policy)."""
     serve: Serve = field(default_factory=lambda: Serve(order=2))
@@ -99,6 +99,21 @@ class DQARConfig:
     def history(self) -> int:
         """How many computes each cache entry keeps (`Serve.history`)."""
         return self.serve.history
+
+    def changes(self, base: DQARConfig | None = None) -> dict:
+        """The dotted fields where this config differs from `base` (default `DQARConfig()`), JSON-ready: a decision of
+        another kind gives `"decide.kind"` and its fields that differ from that kind's defaults."""
+        base = base or DQARConfig()
+        out = {}
+        for name in ("decide", "serve", "store"):
+            mine, theirs = getattr(self, name), getattr(base, name)
+            ref = {f.name: getattr(theirs, f.name) for f in dataclasses.fields(theirs)}
+            if type(mine) is not type(theirs):  # another kind: against its class's defaults
+                out[f"{name}.kind"], ref = mine.kind, {f.name: f.default for f in dataclasses.fields(mine)}
+            out |= {f"{name}.{k}": v for k, v in dataclasses.asdict(mine).items()
+                    if v != (dataclasses.asdict(ref[k]) if dataclasses.is_dataclass(ref[k]) else ref[k])}
+        return out | {k: v for k, v in dataclasses.asdict(self).items()
+                      if k not in ("decide", "serve", "store") and v != getattr(base, k)}
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
