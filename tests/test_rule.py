@@ -4,8 +4,6 @@ The controller and the replay both step a `rule.RuleState`; these tests sample w
 check, step by step, that the rule over the traced host numbers gives the live run's reuse and its reason.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +12,7 @@ from dqar_lib import DQARConfig, load_model, sample, tiny_dit
 from dqar_lib.fitting.replay import replay
 from dqar_lib.fitting.tracing import trace_matrix
 from dqar_lib.method.config import PRESETS
+from dqar_lib.method.files import resolve
 from dqar_lib.method.policy import load_policy, policy_features
 from dqar_lib.method.rule import RuleState, keep_step
 from dqar_lib.method.schedule import progress
@@ -30,9 +29,9 @@ def models():
 def preset_config(name: str, **overrides) -> DQARConfig:
     cfg = DQARConfig.preset(name, **overrides)
     if cfg.use_policy:
-        assert Path(cfg.policy_path).is_file(), f"the {name!r} preset's policy file is missing: {cfg.policy_path}"
+        assert resolve(cfg.policy_path).is_file(), f"the {name!r} preset's policy file is missing: {cfg.policy_path}"
     if cfg.cache_mode == "csb":
-        assert Path(cfg.cache_calibration).is_file(), cfg.cache_calibration
+        assert resolve(cfg.cache_calibration).is_file(), cfg.cache_calibration
         # the shipped calibration covers attention outputs (kind "out") only, not block residuals ("res")
         cfg = cfg.replace(granularity="attn")
     return cfg

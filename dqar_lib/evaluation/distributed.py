@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..artifacts import write_result
+from ..artifacts import run_commit, write_result
 from ..method.files import atomic_write
 from ..models.sampling import SampleResult, sample
 
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--dqar", default=None, help="a DQAR preset name; none: full compute")
     ap.add_argument("--out", required=True, help="output folder for samples.pt and samples.json")
     a = ap.parse_args(argv)
+    run_commit()  # the run starts: its results name this commit
     from ..models.zoo import load_model, tiny_dit
 
     model = tiny_dit() if a.model == "tiny" else load_model(a.model)
