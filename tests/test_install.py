@@ -45,7 +45,7 @@ NO_SIDE_EFFECTS = textwrap.dedent("""
 
 def env_without_data():
     env = {k: v for k, v in os.environ.items() if k not in ("DQAR_DATA", "PYTHONPATH")}
-    return env | {"HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
+    return env | {"HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"}  # tiny tensors: one thread
 
 
 def test_import_starts_no_process_and_leaves_logging_as_it_was(tmp_path):
