@@ -15,7 +15,7 @@ from typing import Any
 
 from .method.files import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout (for an installed package: its install folder)
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout (an installed package's is site-packages: no data/)
 DATA = REPO_ROOT / "data"  # the checkout's data/: the notebooks write here, the shipped files included
 # the notebooks' results, each a JSON with a manifest
 TRACES = DATA / "traces" / "traces.json"  # 03_traces

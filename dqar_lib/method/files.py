@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 DATA_ENV = "DQAR_DATA"
-PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_data"  # the wheel's copy (pyproject's package-data)
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_data"  # the wheel's copy (setup.py maps it onto data/)
 CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "data"
 
 # the shipped files, as data-relative names (pass them to data_file, or anywhere a file is loaded)
