@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import write_result
+from .artifacts import run_commit, write_result
 from .evaluation.clip import CLIP_MODEL, clip_scorer
 from .evaluation.methods import DQARMethod
 from .evaluation.peers import PEERS, get_peer
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = parser()
     a = p.parse_args(argv)
     _check(p, a)
+    run_commit()  # the run starts: its results name this commit
     if a.quiet:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import run_commit
 from .evaluation.distributed import distributed_sample
 from .models.zoo import load_model, tiny_dit
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--dqar", default=None, help="a DQAR preset name; none: full compute")
     ap.add_argument("--out", required=True, help="output folder for samples.pt and samples.json")
     a = ap.parse_args(argv)
+    run_commit()  # the run starts: its results name this commit
     model = tiny_dit() if a.model == "tiny" else load_model(a.model)
     if a.num_images < 1:
         ap.error(f"--num-images must be >= 1, got {a.num_images}")

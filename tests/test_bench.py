@@ -309,9 +309,8 @@ def test_cuda_graph_baseline_refuses_a_cpu_model_and_leaves_it_unpatched(dit):
 
 
 def test_gpu_bench_replays_the_fronts_fitted_plans_at_any_depth():
-    from dqar_lib.artifacts import read_result
+    from dqar_lib.artifacts import FRONT, read_result
     from dqar_lib.evaluation.run_gpu import PLAN_BUDGETS, methods, replayed_plans
-    from dqar_lib.method.files import FRONT
 
     plans = replayed_plans(28)
     assert list(plans) == [f"DQAR plan {b:.2f}" for b in PLAN_BUDGETS]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..artifacts import write_result
+from ..artifacts import DATA, write_result
 from ..method.files import DEFAULT_CLASSIFIER, atomic_write, load_tagged
 from ..models.data import load_cifar10, to_tensor
 from ..models.sampling import sample
@@ -74,9 +74,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     return correct / len(x)
 
 
-def train_classifier(path: Path | str = DEFAULT_CLASSIFIER, epochs: int = 12, batch: int = 256, lr: float = 0.2,
-                     width: int = 24, seed: int = 0) -> dict:
-    """Train the classifier (one-cycle SGD, label smoothing) and save it with its test accuracy."""
+def train_classifier(path: Path | str = DATA / DEFAULT_CLASSIFIER, epochs: int = 12, batch: int = 256,
+                     lr: float = 0.2, width: int = 24, seed: int = 0) -> dict:
+    """Train the classifier (one-cycle SGD, label smoothing) and save it with its test accuracy (by default over
+    the checkout's shipped one)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     xtr, ytr = load_cifar10("train")
@@ -114,7 +115,8 @@ def train_classifier(path: Path | str = DEFAULT_CLASSIFIER, epochs: int = 12, ba
 
 
 def load_classifier(path: Path | str = DEFAULT_CLASSIFIER) -> CifarResNet:
-    """The shipped classifier; a missing, corrupt or foreign file is an error naming it."""
+    """A classifier file by path or data-relative name (default: the shipped one, found by `files.data_file`); a
+    missing, corrupt or foreign file is an error naming it."""
     blob = load_tagged(path, FORMAT, "classifier")
     model = CifarResNet(blob["width"])
     model.load_state_dict(blob["state_dict"])

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..artifacts import read_result, write_result
-from ..method.files import FID_SEEDS
+from ..artifacts import FID_SEEDS, read_result, run_commit, write_result
 from .front import distribution_quality, front_entries
 
 
@@ -94,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     p = parser()
     a = p.parse_args(argv)
+    run_commit()  # the run starts: its results name this commit
     known = {n: e for n, (_, e) in front_entries(a.steps).items()}
     bad = [n for n in a.entries if n not in known]
     if bad:

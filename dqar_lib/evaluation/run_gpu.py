@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import FRONT, run_commit
 from ..method.config import DQARConfig
-from ..method.files import FRONT
 from ..models.sampling import is_text_conditioned
 from ..models.zoo import REAL_MODELS, load_model, random_real, tiny_dit, tiny_pixart
 from .analysis import write_bench
@@ -195,6 +195,7 @@ def main(argv=None) -> None:
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--hub", action="store_true", help="load real weights from the hub (Colab)")
     a = p.parse_args(argv)
+    run_commit()  # the run starts: its results name this commit
     bad = [m for m in a.models if m not in TINY and m not in BENCH_MODELS]
     if bad:
         p.error(f"unknown models {bad}; known: {BENCH_MODELS + list(TINY)}")

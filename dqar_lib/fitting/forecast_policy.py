@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..artifacts import DATA
 from ..method.config import DQARConfig
 from ..method.files import DEFAULT_FORECAST_POLICY
 from ..method.forecast import newton_weights
@@ -120,7 +121,7 @@ def fit_and_evaluate_forecast_policy(model, psnr: _Metric, *, num_steps: int, tr
                                      test_seeds: Sequence[int], order: int = 2, cheap_quantile: float = 0.5,
                                      softness: float = 0.5,
                                      thresholds: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.4),
-                                     policy_path: Path | str = DEFAULT_FORECAST_POLICY,
+                                     policy_path: Path | str = DATA / DEFAULT_FORECAST_POLICY,
                                      progress_bar: bool = True) -> dict:
     """Label, train and save the forecast policy (to `policy_path`, reading `SIGNALS`), then on held-out labels and
     seeds: its label AUC, its PSNR against full compute at `thresholds`, and at the threshold that matches the

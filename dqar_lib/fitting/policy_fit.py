@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..artifacts import DATA
 from ..method.config import DQARConfig
 from ..method.files import DEFAULT_POLICY
 from ..method.modes import Plan
@@ -204,7 +205,7 @@ def match_reuse_threshold(eval_fn: Callable[[float], tuple[float, float]], targe
 def fit_and_evaluate_policy(model, psnr: _Metric, *, num_steps: int, train_seeds: Sequence[int],
                             train_classes: Sequence[int], test_seeds: Sequence[int], test_classes: Sequence[int],
                             per_class: int, cheap_quantile: float, n_validate: int,
-                            policy_path: Path | str = DEFAULT_POLICY) -> dict:
+                            policy_path: Path | str = DATA / DEFAULT_POLICY) -> dict:
     """Trace, label, train and save the policy (to `policy_path`), then evaluate it on held-out seeds and classes.
 
     Traces cover every class of `train_classes` and `test_classes` (ascending) for each seed (training seeds

@@ -154,8 +154,7 @@ def record_traces(model, class_labels, runs: list[tuple[str, int, int]], partial
 def stored_traces(scheduler: str | None = None) -> list[dict]:
     """The rows of the committed traces (data/traces/traces.json, written by notebook 03), optionally of one
     scheduler's runs only."""
-    from ..artifacts import read_result
-    from ..method.files import TRACES
+    from ..artifacts import TRACES, read_result
 
     rows = read_result(TRACES)["result"]["rows"]
     return rows if scheduler is None else [r for r in rows if r["scheduler"] == scheduler]

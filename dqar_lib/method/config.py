@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from . import legacy
+from .files import DEFAULT_CACHE_CALIBRATION, DEFAULT_FORECAST_POLICY, DEFAULT_POLICY
 from .modes import MODES, Always, Change, Decision, Gates, LayerSchedule, Off, Period, Plan, Policy, Profile
 from .serving import Serve, Store
 
@@ -235,7 +236,7 @@ PRESETS: dict[str, DQARConfig] = {
                       collect_stats=True),
     # the gates on attention outputs in the CSB-balanced INT8 cache that notebooks/04_quantization calibrates
     "dqar_csb": DQARConfig(decide=_ATTN_GATES, granularity="attn", serve=Serve(), collect_stats=True,
-                           store=Store(mode="csb", calibration="calibration/cache_calibration.pt")),
+                           store=Store(mode="csb", calibration=DEFAULT_CACHE_CALIBRATION)),
     # forecast reuse of the whole stack, front-loaded: at most 1 reuse in a row after warmup, growing to 3
     "forecast": DQARConfig(decide=Profile(warmup=0.2, end_computes=2, max_streak=1, max_streak_end=3),
                            **dict(_STACK, serve=Serve(order=1))),
@@ -243,11 +244,11 @@ PRESETS: dict[str, DQARConfig] = {
     # and late, where the sample forms and where fine detail forms; two reuses a compute in the middle)
     "dqar": DQARConfig(),
     # the learned MLP policy (chapter 5) on attention outputs, the reuse it was trained on
-    "policy": DQARConfig(decide=Policy(warmup=0.2, path="policy/policy.pt"), granularity="attn", serve=Serve(),
+    "policy": DQARConfig(decide=Policy(warmup=0.2, path=DEFAULT_POLICY), granularity="attn", serve=Serve(),
                          store=Store(), collect_stats=True),
     # the learned forecast policy (chapter 5) in place of the streak profile, at most 2 reuses in a row (its labels'
     # streaks); its threshold is the knob
-    "dqar_policy": DQARConfig(decide=Policy(end_computes=1, path="policy/forecast_policy.pt"), **_STACK),
+    "dqar_policy": DQARConfig(decide=Policy(end_computes=1, path=DEFAULT_FORECAST_POLICY), **_STACK),
 }
 __all__ = ["DQARConfig", "Serve", "Store", "PRESETS", "Off", "Always", "Plan", "Period", "Profile", "Gates", "Change",
            "Policy", "LayerSchedule", "parse_overrides"]

@@ -1,5 +1,16 @@
-"""Where DQAR's files live and how they are written and read: every data path in one place, atomic writes,
-and torch files tagged with their format (the policy and the CSB cache calibration load through these)."""
+"""Where DQAR's shipped files are found and how files are written and read: the one data lookup, atomic writes,
+and torch files tagged with their format (the policies and the CSB cache calibration load through these).
+
+The shipped files (the embedded model and its classifier, the policies, the cache calibration, the prompt set) are
+named relative to a data folder laid out like the repository's `data/`, e.g. `"policy/policy.pt"`. `data_file`
+looks a name up in this order and returns the first that exists:
+
+    1. $DQAR_DATA              a folder of your own, laid out like data/ (set it to use other files)
+    2. the installed package   dqar_lib/_data/, the shipped files inside the wheel (`pip install`)
+    3. the checkout's data/    beside dqar_lib/ in a git clone (an editable install, or running from the clone)
+
+Where the notebooks write their results (the checkout's data/) is `dqar_lib.artifacts`'s business, not this one.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +19,49 @@ import os
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA = REPO_ROOT / "data"
-DEFAULT_MODEL = DATA / "models" / "cifar10-dit"
-DEFAULT_CLASSIFIER = DATA / "models" / "cifar10-classifier" / "classifier.pt"
-DEFAULT_POLICY = DATA / "policy" / "policy.pt"
-DEFAULT_FORECAST_POLICY = DATA / "policy" / "forecast_policy.pt"  # the "dqar_policy" preset's
-DEFAULT_CACHE_CALIBRATION = DATA / "calibration" / "cache_calibration.pt"
-CIFAR10_ARCHIVE = DATA / "cifar10" / "cifar10-jpeg.tar.gz"
-PROMPTS = DATA / "prompts" / "prompts.txt"  # the shipped prompt set (the benchmark's default for text models)
-# the notebooks' results, each a JSON with a manifest
-TRACES = DATA / "traces" / "traces.json"  # 03_traces
-QUANTIZATION_RESULTS = DATA / "calibration" / "quantization.json"  # 04_quantization
-POLICY_EVAL = DATA / "policy" / "policy_eval.json"  # 05_policy
-FORECAST_POLICY_EVAL = DATA / "policy" / "forecast_policy_eval.json"  # 05_policy, the forecast policy
-ABLATIONS = DATA / "results" / "ablations.json"  # 06_schedule_ablations
-FRONT = DATA / "results" / "front.json"  # 09_forecast
-FID_SEEDS = DATA / "results" / "fid_seeds.json"  # evaluation.fid_seeds; 09_forecast reads it
-GPU_RESULTS = DATA / "results" / "gpu"  # 07_gpu_benchmarks
+DATA_ENV = "DQAR_DATA"
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_data"  # the wheel's copy (setup.py maps it onto data/)
+CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "data"
+
+# the shipped files, as data-relative names (pass them to data_file, or anywhere a file is loaded)
+DEFAULT_MODEL = "models/cifar10-dit"
+DEFAULT_CLASSIFIER = "models/cifar10-classifier/classifier.pt"
+DEFAULT_POLICY = "policy/policy.pt"  # the "policy" preset's
+DEFAULT_FORECAST_POLICY = "policy/forecast_policy.pt"  # the "dqar_policy" preset's
+DEFAULT_CACHE_CALIBRATION = "calibration/cache_calibration.pt"  # the "dqar_csb" preset's
+PROMPTS = "prompts/prompts.txt"  # the shipped prompt set (the benchmark's default for text models)
+
+
+def data_dirs() -> list[Path]:
+    """The folders `data_file` looks in, in order: $DQAR_DATA (when set), the installed package's data, the
+    checkout's data/."""
+    env = os.environ.get(DATA_ENV)
+    return ([Path(env).expanduser()] if env else []) + [PACKAGE_DATA, CHECKOUT_DATA]
+
+
+def data_file(name: str) -> Path:
+    """The shipped file or folder `name` (data-relative, e.g. "policy/policy.pt" or "models/cifar10-dit") in the
+    first data folder that has it; found nowhere, a FileNotFoundError naming it and every place looked."""
+    tried = [d / name for d in data_dirs()]
+    for path in tried:
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"DQAR data file {name!r} not found; looked in " + ", ".join(map(str, tried))
+                            + f" (set {DATA_ENV} to a folder laid out like data/)")
+
+
+def resolve(path: Path | str) -> Path:
+    """A file given by path or by data-relative name: an existing path as given; else a path under some `data/`
+    folder (an absolute path stored by an older run, in another checkout) by its name below that folder, where the
+    lookup has it; else an absolute path as given, a relative one as a name through `data_file`."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    below = [k for k, part in enumerate(p.parts[:-1]) if part == "data"]
+    if below:
+        with contextlib.suppress(FileNotFoundError):
+            return data_file("/".join(p.parts[below[-1] + 1:]))
+    return p if p.is_absolute() else data_file(p.as_posix())
 
 
 @contextlib.contextmanager
@@ -48,12 +84,14 @@ def atomic_write(path: Path | str, mode: str = "w"):
 
 
 def load_tagged(path: Path | str, fmt: str, what: str, weights_only: bool = False) -> dict:
-    """A torch-saved dict carrying `"format": fmt`; a missing, corrupt or foreign file is an error naming it."""
+    """A torch-saved dict carrying `"format": fmt`, from a path or a data-relative name (`resolve`); a missing,
+    corrupt or foreign file is an error naming it."""
     import torch
 
-    path = Path(path)
-    if not path.is_file() and not path.is_absolute() and (DATA / path).is_file():
-        path = DATA / path  # a name under the data folder, as the presets give it
+    try:
+        path = resolve(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what} file not found: {e}") from None
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..method.files import CIFAR10_ARCHIVE, REPO_ROOT, atomic_write
+from ..artifacts import CIFAR10_ARCHIVE, REPO_ROOT
+from ..method.files import atomic_write
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 ARCHIVE = CIFAR10_ARCHIVE

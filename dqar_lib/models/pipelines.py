@@ -148,7 +148,7 @@ def conditions_for(pipe, n: int, class_ids: list[int] | None = None, prompts: li
         raise ValueError(f"{type(pipe).__name__}'s {type(pipe.transformer).__name__} is neither class-conditional "
                          "(DiT-style) nor text-conditioned with caption embeddings (PixArt-style), the two that "
                          "dqar_lib's own sampling loop conditions; run it through its own pipe(...): "
-                         "`with dqar_lib.dqar(pipe): pipe(...)`, or evaluation.pipe_benchmark (the benchmark CLI "
+                         "`with dqar_lib.dqar(pipe): pipe(...)`, or evaluation.run_pipeline (the benchmark CLI "
                          "does so)")
     if prompts:
         raise ValueError(f"{type(pipe).__name__} is class-conditional: pass class ids, not prompts")

@@ -14,7 +14,7 @@ import os
 import urllib.request
 from pathlib import Path
 
-from ..method.files import PROMPTS, atomic_write
+from ..method.files import PROMPTS, atomic_write, data_file
 
 FORMATS = (".txt", ".json", ".jsonl")
 
@@ -23,7 +23,7 @@ def read_prompts(path: str | Path | None = None, field: str = "prompt") -> list[
     """The prompts in `path` (default: the shipped set): `.txt` one a line (blank lines skipped), `.json` an array
     of strings (or of objects with `field`), `.jsonl` one object a line with `field` (or one string a line).
     A missing, empty or malformed file is a ValueError naming it (and the line, for `.jsonl`)."""
-    path = Path(PROMPTS if path is None else path)
+    path = data_file(PROMPTS) if path is None else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
     if path.suffix not in FORMATS:

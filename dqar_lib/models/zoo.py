@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 
-from ..method.files import DEFAULT_MODEL
+from ..method.files import DEFAULT_MODEL, data_file
 
 NUM_CLASSES = 10  # CIFAR-10; the null class for CFG is index 10
 
@@ -90,11 +90,11 @@ def _model_class(config: Path) -> type:
 
 
 def load_model(name_or_path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Load a transformer: the shipped default (no argument), a local diffusers model folder (config.json) or
-    pipeline folder (model_index.json: its `transformer`), or any hub id "org/name" (a pipeline repo's
-    transformer, or a model repo). Offline, a hub id is a ConnectionError naming it."""
+    """Load a transformer: the shipped default (no argument; found by `files.data_file`), a local diffusers model
+    folder (config.json) or pipeline folder (model_index.json: its `transformer`), or any hub id "org/name" (a
+    pipeline repo's transformer, or a model repo). Offline, a hub id is a ConnectionError naming it."""
     if name_or_path is None:
-        name_or_path = DEFAULT_MODEL
+        name_or_path = data_file(DEFAULT_MODEL)
     if looks_like_hub_id(name_or_path):
         return _load_from_hub(str(name_or_path), dtype)
     path = Path(name_or_path).expanduser()

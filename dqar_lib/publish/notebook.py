@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 
+from ..artifacts import run_commit
 from ..models.sampling import SCHEDULERS
 
 PROFILES = ("smoke", "full")
@@ -18,8 +19,10 @@ def check_parameters(**params) -> None:
     Known names: profile, steps/num_steps/pipe_steps, batch, depth, per_class, repeats, seed(s), scheduler, tau, alpha,
     guidance_scale, target_reuse, cheap_quantile, n_tau, n_snr, budgets, fit.
     Under papermill it first refuses a parameter the notebook does not declare (`refuse_unknown_parameters`).
+    A notebook's run starts here: this takes the commit its results will name (`artifacts.run_commit`).
     """
     refuse_unknown_parameters()
+    run_commit()
     for name, v in params.items():
         if name == "profile" and v not in PROFILES:
             raise ValueError(f"parameter profile={v!r} is invalid: expected one of {PROFILES}")
