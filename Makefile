@@ -1,10 +1,11 @@
-# The two commands: `make book` and `make test`. Both create .venv and install requirements.txt if needed.
+# The two commands: `make book` and `make test` (`make test-fast`, its fast subset, while developing). Each creates
+# .venv and installs requirements.txt if needed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab install clean check-book
+.PHONY: book test test-fast lab install clean check-book
 
 install: $(STAMP)
 
@@ -22,6 +23,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests -q
 	$(BIN)/python -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+# The unit tests less those marked slow (tests/conftest.py: notebooks, whole command lines, training, compiles):
+# under 3 minutes on two CPU cores. One thread each: on a shared machine two would spin against other jobs' threads.
+TEST_THREADS ?= 1
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest tests -q -m "not slow"
 
 # Open every page of the built book in headless Chromium (Debian's `chromium`, via Playwright): no network requests,
 # no stderr/warning blocks or raw reprs, images loaded, tables fit, the explorer reacts; screenshots in _build/screenshots/.

@@ -31,3 +31,26 @@ def run_steps(model, make_inputs, timesteps=(900, 700, 500, 300, 100), **kw):
     """Call the model once per timestep (a sampler's view of it), returning every output."""
     with torch.no_grad():
         return [model(**make_inputs(t=t, **kw)).sample for t in timesteps]
+
+
+# `make test-fast` runs `pytest -m "not slow"`; these take the most time (papermill runs, whole command lines,
+# subprocesses, training, many samples) and are marked `slow` here, in one place, rather than in each file.
+# Their faults are still guarded in the fast subset where a direct test exists (tests/README.md).
+SLOW_FILES = {"test_notebooks.py", "test_benchmark_cli.py", "test_pipe_benchmark.py", "test_distributed.py",
+              "test_train.py"}
+SLOW_TESTS = {  # "file.py::test_name" (every parameter of it): each took 2 s to 25 s on a loaded 2-core CPU
+    "test_bench.py::test_gpu_bench_cli_runs_on_cpu", "test_bench.py::test_gpu_bench_runs_pixart_on_caption_embeddings",
+    "test_bench.py::test_bench_compiled_dqar_uses_regional_compile", "test_bench.py::test_bench_compile_is_undone",
+    "test_bench.py::test_compiled_run_that_would_fall_back_to_eager_is_refused",
+    "test_bench.py::test_gpu_bench_runs_only_the_named_methods_and_modes",
+    "test_forecast_policy.py::test_fit_and_evaluate_runs_end_to_end_and_refuses_overlap",
+    "test_policy_fit.py::test_fit_and_evaluate_policy_end_to_end",
+    "test_hooks.py::test_compiled_compute_paths_do_not_recompile_per_step",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in SLOW_FILES or f"{name}::{item.originalname}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

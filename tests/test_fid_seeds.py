@@ -46,7 +46,9 @@ def test_main_writes_a_manifest_and_resumes(monkeypatch, tmp_path):
     fid_seeds.main(argv[:-4] + ["3", "4", "--out", str(out), "--quiet"])  # one more seed: its rows only
     fid_seeds.main(argv[:-4] + ["3", "4", "--out", str(out), "--quiet"])  # the same again: nothing sampled
     assert len(calls) == 2 + 2 and len(read_result(out)["result"]["rows"]) == 4
-    fid_seeds.main(argv[:4] + ["2", "--seeds", "3", "--out", str(out), "--quiet"])  # other samples: all again
+    with pytest.raises(SystemExit):  # other samples: refused (tests/test_faults_cli.py), or all again on --restart
+        fid_seeds.main(argv[:4] + ["2", "--seeds", "3", "--out", str(out), "--quiet"])
+    fid_seeds.main(argv[:4] + ["2", "--seeds", "3", "--out", str(out), "--quiet", "--restart"])
     assert len(calls) == 4 + 2 and len(read_result(out)["result"]["rows"]) == 2
 
 

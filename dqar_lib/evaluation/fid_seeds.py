@@ -7,7 +7,8 @@ The front (notebook 09) measures every entry on 100 samples and one seed; this m
 `10 * per_class` samples (class-major labels, 100 a sampling call, `front.distribution_quality`) for each
 seed, against the CIFAR-10 test set. Entries are named as in `front.front_entries` (fitted plans need a fit and
 are not among them). The file (a manifest and one row per (seed, entry)) is rewritten after each row; a run at the
-same samples and steps resumes from it (more seeds or entries add rows); `spread` summarises the rows per entry.
+same samples, steps and chunk resumes from it (more seeds or entries add rows), a run at others is refused unless
+--restart; `spread` summarises the rows per entry.
 """
 
 from __future__ import annotations
@@ -86,8 +87,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--chunk", type=int, default=100, help="labels per sampling call")
     p.add_argument("--out", type=Path, default=FID_SEEDS, help=f"default {FID_SEEDS.relative_to(FID_SEEDS.parents[2])}")
+    p.add_argument("--restart", action="store_true", help="replace --out's rows even if they were made with other "
+                   "--per-class, --steps or --chunk (without it such a file is refused, not resumed)")
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+RESUME_KEYS = ("per_class", "steps", "chunk")
+"""The parameters a resumed run must share with the file's (its rows are then the same run's); more entries or
+seeds add rows."""
+
+
+def _flags(params: dict, keys) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {params.get(k)}" for k in keys)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -106,10 +118,14 @@ def main(argv: list[str] | None = None) -> Path:
     params = dict(entries=a.entries, per_class=a.per_class, seeds=a.seeds, steps=a.steps, chunk=a.chunk,
                   threads=torch.get_num_threads())
     done = []
-    if a.out.is_file():  # resume: the rows of a run at the same samples and steps, for the entries and seeds asked
+    if a.out.is_file() and not a.restart:  # resume: the rows of the same run, for the entries and seeds asked
         old = read_result(a.out)
-        if all(old["manifest"]["params"].get(k) == params[k] for k in ("per_class", "steps", "chunk")):
-            done = [r for r in old["result"]["rows"] if r["entry"] in a.entries and r["seed"] in a.seeds]
+        have = old["manifest"]["params"]
+        differ = [k for k in RESUME_KEYS if have.get(k) != params[k]]
+        if differ:
+            p.error(f"{a.out} holds a run made with {_flags(have, differ)}, not {_flags(params, differ)}: its rows "
+                    "are not this run's; give another --out, or --restart to replace it")
+        done = [r for r in old["result"]["rows"] if r["entry"] in a.entries and r["seed"] in a.seeds]
     reference = fid_reference()  # (10000, 3, 32, 32)
     want = {n: known[n] for n in a.entries}
 
