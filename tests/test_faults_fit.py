@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dqar_lib import calibrate_plans, sample
-from dqar_lib.evaluation.front import bar_point, speed_at_accuracy
+from dqar_lib.evaluation.analysis import bar_point, speed_at_accuracy
 
 
 def test_a_fitted_plan_skips_its_budget_rounded_to_the_nearest_step(dit):
