@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     a("--preset", default=None, help=f"DQAR preset: {', '.join(PRESETS)} (default dqar; gates with --calibrate or "
       "--sweep, which fit and scan the gates)")
     a("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-      help="override a DQARConfig field (repeatable), e.g. --set tau=0.9 --set snr_lo=0.1")
+      help="override a DQARConfig field (repeatable): a short name or a dotted path, e.g. --set tau=0.9 "
+      "--set decide.snr_lo=0.1 --set store.mode=fp16")
     a("--calibration", type=Path, help="a dqar_calibration.json (or its folder) to use instead of the preset")
     a("--calibrate", action="store_true", help="fit tau and snr_lo to this model first (dqar_lib.calibrate)")
     a("--budget", type=float, default=0.3, help="--calibrate's reuse budget (fraction of block calls)")

@@ -191,3 +191,13 @@ def test_presets_are_pure_and_the_default_cache_mode_is_pinned(monkeypatch):
         assert DQARConfig.preset(name) == DQARConfig.preset(name)
     assert DQARConfig.preset("gates").store.mode == "int8_channel"
     assert DQARConfig.preset("dqar_csb").store.mode == "csb"
+
+
+def test_the_cli_set_takes_short_and_dotted_names():
+    from dqar_lib.benchmark import base_config, parser
+
+    args = ["--model", "x", "--output-dir", "o", "--preset", "gates", "--set", "decide.tau=0.9", "--set", "snr_lo=0.1",
+            "--set", "store.mode=fp16", "--set", "serve.order=1"]
+    name, cfg = base_config(parser().parse_args(args))
+    assert (cfg.decide.tau, cfg.decide.snr_lo, cfg.store.mode, cfg.serve.order) == (0.9, 0.1, "fp16", 1)
+    assert name.startswith("dqar (gates) + decide.tau=0.9")
