@@ -61,11 +61,11 @@ def test_resolve_takes_paths_as_given_and_names_through_the_lookup(no_env, tmp_p
 
 
 def file_fields(fields, prefix=""):
-    """(dotted name, value) of every field that names a file (`*_path`, `cache_calibration`), nested groups too."""
+    """(dotted name, value) of every field that names a file (`path`, `calibration`), nested groups too."""
     if dataclasses.is_dataclass(fields):
         fields = {f.name: getattr(fields, f.name) for f in dataclasses.fields(fields)}
     for k, v in fields.items() if isinstance(fields, dict) else ():
-        if isinstance(v, str) and (k.endswith("_path") or k == "cache_calibration"):
+        if isinstance(v, str) and (k.endswith("path") or k.endswith("calibration")):
             yield prefix + k, v
         yield from file_fields(v, f"{prefix}{k}.")
 
