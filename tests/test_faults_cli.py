@@ -1,7 +1,7 @@
 """The command lines, pinned from outside (issue 35): every path of `python -m dqar_lib.benchmark` (a preset, a saved
 calibration, a fit made now, a sweep, a pipeline run through pipe(...)) applies the `--set` overrides, read from what
-the run did (`--set warmup=1.0` keeps every step in warmup, so every DQAR row is full compute's images, where
-without it they reuse); and a
+the run did (`--set end_computes=100` makes every step one of the last that compute, so every DQAR row is full
+compute's images, where without it they reuse); and a
 `fid_seeds` run is resumed only from a file made with the same samples, steps and chunk, and refused otherwise."""
 
 import pytest
@@ -59,9 +59,9 @@ def test_every_cli_path_applies_the_set_overrides(saved, tmp_path, path):
     argv = PATHS[path](root, size)
     on = dqar_rows(argv, tmp_path / "on")
     assert all(r["reuse_fraction"] > 0 and r["psnr"] < float("inf") for r in on), \
-        f"{path}: the run reuses nothing without --set, so --set warmup=1.0 could not be told apart"
-    off = dqar_rows(argv + ["--set", "warmup=1.0"], tmp_path / "off")
-    assert [r["reuse_fraction"] for r in off] == [0.0] * len(off), f"{path}: --set warmup=1.0 was not applied"
+        f"{path}: the run reuses nothing without --set, so --set end_computes=100 could not be told apart"
+    off = dqar_rows(argv + ["--set", "end_computes=100"], tmp_path / "off")
+    assert [r["reuse_fraction"] for r in off] == [0.0] * len(off), f"{path}: --set end_computes=100 was not applied"
     assert all(r["psnr"] == float("inf") for r in off)  # full compute's images, bit for bit
 
 
