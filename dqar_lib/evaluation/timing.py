@@ -1,5 +1,7 @@
 """The timing rules every runner follows (DESIGN.md section 6): warm up, synchronise, median of repeats.
 
+For example::
+
     stats = time_fn(lambda: model(**inputs), warmup=2, repeats=5)           # one callable
     times, peak = interleaved(names, timed, warmup=1, repeats=3, dev=dev)   # several methods, round-robin
 

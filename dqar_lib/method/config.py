@@ -1,5 +1,7 @@
 """DQARConfig: what decides, how a reuse is served, how it is stored; documented, validated, with named presets.
 
+For example::
+
     DQARConfig()                                         # the "dqar" preset: a streak profile, quadratic forecast
     DQARConfig.preset("gates", tau=0.9)                  # a preset with a field changed (by its short name)
     DQARConfig(decide=Gates(tau=0.9), granularity="block", serve=Serve(order=0))
