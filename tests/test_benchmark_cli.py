@@ -133,7 +133,8 @@ def test_bad_jsonl_line_and_field_are_named(folders, tmp_path, capsys):
     (["--preset", "turbo"], "unknown DQAR preset 'turbo'"),
     (["--peers", "nope"], "unknown peers ['nope']"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
-    (["--class-ids", "3", "1000"], "class ids [1000] are out of range for this model's 1000 classes"),
+    (["--class-ids", "3", "1000"], "class ids [1000] are out of range for this model's 1000 classes: give ids from 0 "
+                                   "to 999"),
     (["--prompts", "a cat"], "is class-conditional (DiTPipeline): give --class-ids, not prompts"),
 ])
 def test_bad_arguments_fail_in_one_sentence(folders, tmp_path, capsys, args, message):
