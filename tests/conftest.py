@@ -14,6 +14,15 @@ def pixart():
     return tiny_pixart()
 
 
+@pytest.fixture
+def fresh_reuse_warnings(monkeypatch):
+    """`sample` warns once per (model class, config) that DQAR reused nothing; a test that expects the warning
+    (`pytest.warns`) starts from an empty record, so that an earlier test's run of that config cannot swallow it."""
+    from dqar_lib.models import sampling
+
+    monkeypatch.setattr(sampling, "_WARNED", set())
+
+
 def dit_inputs(batch=4, size=8, t=500):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, size, size, generator=g)
