@@ -174,7 +174,7 @@ def test_interrupted_run_leaves_valid_json(folders, tmp_path, monkeypatch):
                                          *FAST]])
     r = read_result(tmp_path / "benchmark_results.json")["result"]  # valid JSON, with a manifest
     assert r["complete"] is False and [row["method"] for row in r["rows"]] == ["full"]
-    assert len(list((tmp_path / "images" / "full").glob("*.png"))) == 2
+    assert len(list((tmp_path / "baseline").glob("*.png"))) == 2
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
 
 
