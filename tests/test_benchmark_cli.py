@@ -71,9 +71,10 @@ def test_dit_class_ids_default_to_id2label_and_overrides_reach_the_config(folder
     assert dqar_row["reuse_fraction"] > 0 and dqar_row["psnr"] < float("inf")  # tau=1 lets blocks reuse
 
 
-def test_sweep_scans_tau_and_the_reuse_cap(folders, tmp_path):
-    res = _run(["--model", folders / "dit", "--num-prompts", "2", "--sweep", "--sweep-tau", "0.5", "1.0",
-                "--sweep-streak", "1", "3", "--set", "snr_lo=0", "--output-dir", tmp_path, *FAST])
+def test_sweep_scans_tau_and_the_reuse_cap(folders, tmp_path, fresh_reuse_warnings):
+    with pytest.warns(RuntimeWarning, match="DQAR reused nothing.*not below tau=0.5"):  # the tau=0.5 points
+        res = _run(["--model", folders / "dit", "--num-prompts", "2", "--sweep", "--sweep-tau", "0.5", "1.0",
+                   "--sweep-streak", "1", "3", "--set", "snr_lo=0", "--output-dir", tmp_path, *FAST])
     rows = res["result"]["rows"]
     assert [r["method"] for r in rows] == ["full", "tau=0.5, cap=1", "tau=0.5, cap=3", "tau=1, cap=1", "tau=1, cap=3"]
     reuse = {(r["sweep"]["tau"], r["sweep"]["cap"]): r["reuse_fraction"] for r in rows[1:]}
