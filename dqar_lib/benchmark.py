@@ -7,14 +7,25 @@
     python -m dqar_lib.benchmark --model black-forest-labs/FLUX.1-dev --steps 28 --prompts "a red fox" \
         --height 512 --width 512 --output-dir runs/flux            # or --embeds embeds.pt (pre-encoded prompts)
 
+The reference scaffold's commands run as written (`python scripts/benchmark_dqar.py` is this command):
+
+    python -m dqar_lib.benchmark --model facebook/DiT-XL-2-256 --dtype fp16 --steps 30 --guidance 7.5 \
+        --conditioning class --class-ids 207,233,472,898 --output-dir outputs/dit-xl
+    python -m dqar_lib.benchmark --conditioning text --prompt-dataset-url URL --prompt-dataset-format jsonl \
+        --prompt-dataset-field prompt --num-prompts 64      # --model defaults by --conditioning (DiT-XL/2, PixArt-Σ)
+
+Lists take commas, spaces or both (`--class-ids 207,233 472`); --dtype takes fp16 / bf16 / fp32 or the full names.
+
 DiT- and PixArt-style pipelines run in dqar_lib's own sampling loop (--scheduler, --compile, --calibrate, --peers).
 Every other pipeline (SD3, Flux, ...) runs through its own `pipe(...)` under `dqar_lib.dqar(pipe, config)`, on its
 own scheduler, timed to latents (`evaluation.run_pipeline`); full compute and DQAR (or a --sweep of it) run there.
 
-Writes into --output-dir: images/<method>/image_NNN.png, benchmark_results.json (a manifest and a row per method:
-time per image and per step with its spread, peak memory, reuse, PSNR / SSIM against full compute, CLIP score
-or why it is missing; rewritten after each method, `complete` false until the end), benchmark_plot.png, and
-with --sweep sweep_results.json and sweep_plot.png (runtime, memory and reuse against tau and the reuse cap).
+Writes into --output-dir (default benchmark_outputs/): baseline/ (full compute's PNGs), dqar/ (DQAR's), <peer>/ (each
+peer's), benchmark_results.json (a manifest and a row per method: the batch's median, mean (`mean_ms`) and standard
+deviation (`std_ms`) over the repeats, time per image and per step, peak memory (`peak_memory_bytes`), reuse, PSNR /
+SSIM against full compute, CLIP score or why it is missing; rewritten after each method, `complete` false until the
+end), benchmark_plot.png, and with --sweep sweep_results.json and sweep_plot.png (runtime, memory and reuse against
+tau and the reuse cap; images under sweep/images/).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import run_commit, write_result
+from .evaluation.cli_args import CommaList
 from .evaluation.clip import CLIP_MODEL, clip_scorer
 from .evaluation.methods import DQARMethod
 from .evaluation.peers import PEERS, get_peer
@@ -45,15 +57,21 @@ from .models.prompts import cached_download, read_prompts
 from .models.sampling import SCHEDULERS, is_text_conditioned
 from .publish.benchmark_plots import benchmark_figure, save_png, sweep_figure
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# --model when only --conditioning is given (the scaffold's text command names no model)
+DEFAULT_MODELS = {"class": "facebook/DiT-XL-2-256", "text": "PixArt-alpha/PixArt-Sigma-XL-2-512-MS"}
 RESULTS, PLOT, SWEEP_RESULTS, SWEEP_PLOT = ("benchmark_results.json", "benchmark_plot.png", "sweep_results.json",
                                              "sweep_plot.png")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dqar_lib.benchmark", description=__doc__.splitlines()[0])
+def parser(prog: str = "python -m dqar_lib.benchmark") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     a = p.add_argument
-    a("--model", required=True, help="a hub id (org/name) or a local diffusers pipeline folder")
+    a("--model", help="a hub id (org/name) or a local diffusers pipeline folder (default by --conditioning: "
+      + ", ".join(f"{k} {v}" for k, v in DEFAULT_MODELS.items()) + ")")
+    a("--conditioning", choices=("class", "text"), help="what the model is conditioned on, checked against it "
+      "(class: --class-ids; text: prompts); default: the model's own")
     a("--preset", default=None, help=f"DQAR preset: {', '.join(PRESETS)} (default dqar; gates with --calibrate or "
       "--sweep, which fit and scan the gates)")
     a("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -66,14 +84,22 @@ def parser() -> argparse.ArgumentParser:
     a("--scheduler", default=None, choices=SCHEDULERS, help="dqar_lib's sampler for DiT / PixArt (default ddim); "
       "other pipelines step their own")
     a("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's own default)")
-    a("--dtype", choices=list(DTYPES), default=None, help="default float16 on CUDA, float32 on CPU")
+    a("--dtype", choices=list(DTYPES), default=None, help="default float16 on CUDA, float32 on CPU "
+      "(fp16 / bf16 / fp32 name the same)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--class-ids", type=int, nargs="+", help="class-conditional pipelines (default: the first N of id2label)")
+    a("--class-ids", action=CommaList, kind=int, help="class-conditional pipelines, e.g. 207,233,472,898 (default: "
+      "the first N of id2label)")
     a("--prompts", nargs="+", help="text-conditioned pipelines: prompts on the command line")
     a("--prompts-file", type=Path, help=".txt (one a line), .json (an array) or .jsonl (with --prompt-field)")
-    a("--prompt-field", default="prompt", help="the field of each .json / .jsonl object that holds the prompt")
+    a("--prompt-field", "--prompt-dataset-field", dest="prompt_field", default="prompt",
+      help="the field of each .json / .jsonl object that holds the prompt")
     a("--prompt-dataset-url", help="a prompt file to download once into the local cache (see --refresh)")
-    a("--refresh", action="store_true", help="download --prompt-dataset-url again")
+    a("--prompt-dataset-format", choices=("txt", "json", "jsonl"), help="--prompt-dataset-url's format (default: "
+      "its suffix, else txt)")
+    a("--prompt-dataset-cache-dir", type=Path, help="where --prompt-dataset-url is cached (default $DQAR_CACHE/"
+      "prompts, else ~/.cache/dqar/prompts)")
+    a("--refresh", "--prompt-dataset-refresh", dest="refresh", action="store_true",
+      help="download --prompt-dataset-url again")
     a("--num-prompts", type=int, default=8, help="images per method (prompts, class ids or embeddings, cycled)")
     a("--embeds", type=Path, help="pipelines run through pipe(...) (SD3, Flux, ...): a torch.save'd dict of "
       "pre-encoded pipe(...) arguments (prompt_embeds, pooled_prompt_embeds, ...) in place of prompts")
@@ -85,10 +111,10 @@ def parser() -> argparse.ArgumentParser:
     a("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     a("--peers", nargs="*", default=[], help=f"diffusers peers to add: {', '.join(PEERS)}")
     a("--sweep", action="store_true", help="scan tau x max_reuse_streak instead of comparing methods")
-    a("--sweep-tau", type=float, nargs="+", default=[0.9, 0.95, 0.98, 1.0])
-    a("--sweep-streak", type=int, nargs="+", default=[1, 2, 4])
+    a("--sweep-tau", action=CommaList, kind=float, default=[0.9, 0.95, 0.98, 1.0])
+    a("--sweep-streak", action=CommaList, kind=int, default=[1, 2, 4])
     a("--no-clip", action="store_true", help=f"skip the CLIP score ({CLIP_MODEL})")
-    a("--output-dir", type=Path, required=True)
+    a("--output-dir", type=Path, default=Path("benchmark_outputs"))
     a("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -108,6 +134,22 @@ def _check(p, a) -> None:
     for name in ("height", "width"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
+    url_only = [f for f, v in (("--prompt-dataset-format", a.prompt_dataset_format),
+                               ("--prompt-dataset-cache-dir", a.prompt_dataset_cache_dir),
+                               ("--prompt-dataset-refresh", a.refresh)) if v]
+    if url_only and not a.prompt_dataset_url:
+        p.error(f"{', '.join(url_only)} apply to --prompt-dataset-url; give it the file's URL (a --prompts-file's "
+                "format is its suffix)")
+    if a.conditioning == "class" and (a.prompts or a.prompts_file or a.prompt_dataset_url):
+        p.error("--conditioning class takes --class-ids, not prompts; for prompts type --conditioning text")
+    if a.conditioning == "text" and a.class_ids:
+        p.error("--conditioning text takes prompts, not --class-ids; for class ids type --conditioning class")
+    if a.model is None:
+        if a.conditioning is None:
+            p.error("give --model: a hub id such as " + " or ".join(DEFAULT_MODELS.values()) + ", or a local "
+                    "diffusers pipeline folder (or --conditioning class / text for those defaults)")
+        a.model = DEFAULT_MODELS[a.conditioning]
+        print(f"--model {a.model} (the default for --conditioning {a.conditioning})", file=sys.stderr)
     if a.calibrate and a.calibration:
         p.error("give --calibrate (fit now) or --calibration FILE (a saved fit), not both")
     bad = [x for x in a.peers if x not in PEERS]
@@ -129,7 +171,9 @@ def prompts_of(a) -> list[str] | None:
     if a.prompts:
         return list(a.prompts)
     if a.prompt_dataset_url:
-        return read_prompts(cached_download(a.prompt_dataset_url, refresh=a.refresh), a.prompt_field)
+        path = cached_download(a.prompt_dataset_url, refresh=a.refresh, fmt=a.prompt_dataset_format,
+                               folder=a.prompt_dataset_cache_dir)
+        return read_prompts(path, a.prompt_field)
     if a.prompts_file is not None:
         return read_prompts(a.prompts_file, a.prompt_field)
     return None
@@ -139,6 +183,11 @@ def _conditions(a, pipe, prompts):
     """(conditions, scheduler label): dqar_lib's own loop conditions DiT / PixArt pipelines; the others (SD3, Flux,
     ...) run through `pipe(...)` with prompts or --embeds, on their own scheduler, where some flags cannot apply."""
     kind = type(pipe).__name__
+    text = pipeline_driven(pipe) or is_text_conditioned(pipe.transformer)
+    if a.conditioning is not None and a.conditioning != ("text" if text else "class"):
+        raise ValueError(f"{a.model} is {'text-conditioned' if text else 'class-conditional'} ({kind}), not "
+                         f"--conditioning {a.conditioning}: type --conditioning {'text' if text else 'class'}"
+                         + (" with prompts" if text else " with --class-ids"))
     if pipeline_driven(pipe):
         given = [f for f, v in (("--class-ids", a.class_ids), ("--calibrate", a.calibrate), ("--compile", a.compile),
                                 ("--peers", a.peers), ("--scheduler", a.scheduler)) if v]
@@ -154,7 +203,6 @@ def _conditions(a, pipe, prompts):
     if given:
         raise ValueError(f"{', '.join(given)} apply to pipelines run through pipe(...) (SD3, Flux, ...); {a.model} "
                          f"is a {kind}, which dqar_lib's own sampling loop conditions")
-    text = is_text_conditioned(pipe.transformer)
     if text and a.class_ids:
         raise ValueError(f"{a.model} is text-conditioned ({kind}): give prompts, not --class-ids")
     if not text and prompts:
@@ -193,14 +241,14 @@ def run(a) -> Path:
     common = dict(num_steps=a.steps, guidance_scale=guidance, seed=a.seed, repeats=a.repeats, warmup=a.warmup,
                   scorer=scorer, progress=not a.quiet)
     if driven:
-        def bench(methods, folder, on_row):
-            return run_pipeline_benchmark(pipe, cond, methods, folder, on_row=on_row, **common)
+        def bench(methods, folder, on_row, folders):
+            return run_pipeline_benchmark(pipe, cond, methods, folder, on_row=on_row, folders=folders, **common)
     else:
         common.update(scheduler=scheduler, compile=a.compile,
                       compile_options={} if a.device.startswith("cuda") else {"backend": "eager"})
 
-        def bench(methods, folder, on_row):
-            return run_benchmark(pipe, cond, methods, folder, on_row=on_row, **common)
+        def bench(methods, folder, on_row, folders):
+            return run_benchmark(pipe, cond, methods, folder, on_row=on_row, folders=folders, **common)
     extra = dict(conditions=cond.names, prompt_tokens=getattr(cond, "prompt_tokens", None) or None,
                  clip_model=CLIP_MODEL, clip_missing=clip_missing)
     title = f"{a.model}: {scheduler}-{a.steps}"
@@ -214,19 +262,20 @@ def run(a) -> Path:
                 r["sweep"] = dict(tau=c.decide.tau, cap=c.decide.max_streak)
             write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
 
-        rows = bench({"full": None, **configs}, out / "sweep", write_sweep)
+        rows = bench({"full": None, **configs}, out / "sweep", write_sweep, None)
         write_sweep(rows, complete=True)
         save_png(sweep_figure(rows[1:], title), out / SWEEP_PLOT)
         _report(rows)
         return path
     methods = {"full": None, name: DQARMethod(cfg)}
     methods.update({f"diffusers {p}": get_peer(p) for p in a.peers})
+    folders = {"full": "baseline", name: "dqar", **{f"diffusers {p}": p for p in a.peers}}  # the scaffold's layout
     path = out / RESULTS
 
     def write(rows, complete=False):
         write_result(path, dict(complete=complete, rows=rows, **extra), params, a.device)
 
-    rows = bench(methods, out, write)
+    rows = bench(methods, out, write, folders)
     write(rows, complete=True)
     save_png(benchmark_figure(rows, f"{title}, {n} images"), out / PLOT)
     _report(rows)
@@ -246,8 +295,8 @@ def _report(rows: list[dict]) -> None:
               f"{r['psnr']:7.2f}")
 
 
-def main(argv: list[str] | None = None) -> Path:
-    p = parser()
+def main(argv: list[str] | None = None, prog: str = "python -m dqar_lib.benchmark") -> Path:
+    p = parser(prog)
     a = p.parse_args(argv)
     _check(p, a)
     run_commit()  # the run starts: its results name this commit

@@ -14,6 +14,15 @@ def pixart():
     return tiny_pixart()
 
 
+@pytest.fixture
+def fresh_reuse_warnings(monkeypatch):
+    """`sample` warns once per (model class, config) that DQAR reused nothing; a test that expects the warning
+    (`pytest.warns`) starts from an empty record, so that an earlier test's run of that config cannot swallow it."""
+    from dqar_lib.models import sampling
+
+    monkeypatch.setattr(sampling, "_WARNED", set())
+
+
 def dit_inputs(batch=4, size=8, t=500):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, size, size, generator=g)
@@ -37,7 +46,7 @@ def run_steps(model, make_inputs, timesteps=(900, 700, 500, 300, 100), **kw):
 # subprocesses, training, many samples) and are marked `slow` here, in one place, rather than in each file.
 # Their faults are still guarded in the fast subset where a direct test exists (tests/README.md).
 SLOW_FILES = {"test_notebooks.py", "test_benchmark_cli.py", "test_pipe_benchmark.py", "test_distributed.py",
-              "test_train.py", "test_install.py"}
+              "test_train.py", "test_install.py", "test_cli_scaffold.py"}
 SLOW_TESTS = {  # "file.py::test_name" (every parameter of it): each took 2 s to 25 s on a loaded 2-core CPU
     "test_bench.py::test_gpu_bench_cli_runs_on_cpu", "test_bench.py::test_gpu_bench_runs_pixart_on_caption_embeddings",
     "test_bench.py::test_bench_compiled_dqar_uses_regional_compile", "test_bench.py::test_bench_compile_is_undone",

@@ -71,9 +71,10 @@ def test_dit_class_ids_default_to_id2label_and_overrides_reach_the_config(folder
     assert dqar_row["reuse_fraction"] > 0 and dqar_row["psnr"] < float("inf")  # tau=1 lets blocks reuse
 
 
-def test_sweep_scans_tau_and_the_reuse_cap(folders, tmp_path):
-    res = _run(["--model", folders / "dit", "--num-prompts", "2", "--sweep", "--sweep-tau", "0.5", "1.0",
-                "--sweep-streak", "1", "3", "--set", "snr_lo=0", "--output-dir", tmp_path, *FAST])
+def test_sweep_scans_tau_and_the_reuse_cap(folders, tmp_path, fresh_reuse_warnings):
+    with pytest.warns(RuntimeWarning, match="DQAR reused nothing.*not below tau=0.5"):  # the tau=0.5 points
+        res = _run(["--model", folders / "dit", "--num-prompts", "2", "--sweep", "--sweep-tau", "0.5", "1.0",
+                   "--sweep-streak", "1", "3", "--set", "snr_lo=0", "--output-dir", tmp_path, *FAST])
     rows = res["result"]["rows"]
     assert [r["method"] for r in rows] == ["full", "tau=0.5, cap=1", "tau=0.5, cap=3", "tau=1, cap=1", "tau=1, cap=3"]
     reuse = {(r["sweep"]["tau"], r["sweep"]["cap"]): r["reuse_fraction"] for r in rows[1:]}
@@ -133,7 +134,8 @@ def test_bad_jsonl_line_and_field_are_named(folders, tmp_path, capsys):
     (["--preset", "turbo"], "unknown DQAR preset 'turbo'"),
     (["--peers", "nope"], "unknown peers ['nope']"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
-    (["--class-ids", "3", "1000"], "class ids [1000] are out of range for this model's 1000 classes"),
+    (["--class-ids", "3", "1000"], "class ids [1000] are out of range for this model's 1000 classes: give ids from 0 "
+                                   "to 999"),
     (["--prompts", "a cat"], "is class-conditional (DiTPipeline): give --class-ids, not prompts"),
 ])
 def test_bad_arguments_fail_in_one_sentence(folders, tmp_path, capsys, args, message):
@@ -173,7 +175,7 @@ def test_interrupted_run_leaves_valid_json(folders, tmp_path, monkeypatch):
                                          *FAST]])
     r = read_result(tmp_path / "benchmark_results.json")["result"]  # valid JSON, with a manifest
     assert r["complete"] is False and [row["method"] for row in r["rows"]] == ["full"]
-    assert len(list((tmp_path / "images" / "full").glob("*.png"))) == 2
+    assert len(list((tmp_path / "baseline").glob("*.png"))) == 2
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
 
 

@@ -97,8 +97,9 @@ def test_load_model_takes_a_pipeline_folder_and_names_an_offline_hub_id(tmp_path
         dq.load_pipeline("someone/any-pipe")
 
 
-def test_calibrate_fits_a_reuse_budget_and_round_trips(dit, tmp_path):
-    assert dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar="gates", progress=False).stats["reuse_fraction"] == 0
+def test_calibrate_fits_a_reuse_budget_and_round_trips(dit, tmp_path, fresh_reuse_warnings):
+    with pytest.warns(RuntimeWarning, match="DQAR reused nothing.*the entropy gate refused every reuse"):
+        assert dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar="gates", progress=False).stats["reuse_fraction"] == 0
     cfg = dq.calibrate(dit, budget=0.3, num_steps=10, save_to=tmp_path)
     assert 0.9 < cfg.decide.tau < 1.0 and cfg.decide.snr_lo > 0
     run = dq.sample(dit, [0, 1, 2, 3], num_steps=10, dqar=cfg, progress=False)  # seed 0: not a calibration seed

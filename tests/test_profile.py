@@ -83,10 +83,11 @@ def test_accumulated_change_sums_step_to_step_changes_since_the_last_compute(sco
     assert any(r["reuse"] for r in rows) and not all(r["reuse"] for r in rows[1:])
 
 
-def test_accumulated_change_gate_decides():
-    """delta = 0 refuses every reuse; a huge delta leaves the streak caps to decide."""
+def test_accumulated_change_gate_decides(fresh_reuse_warnings):
+    """delta = 0 refuses every reuse (and sample says so); a huge delta leaves the streak caps to decide."""
     none = DQARConfig.preset("dqar", use_change_gate=True, change_accumulate=True, change_scope="stack", delta=0.0)
-    assert "s" not in skip_pattern(none, 12)
+    with pytest.warns(RuntimeWarning, match="DQAR reused nothing.*the 'change' rule refused every reuse"):
+        assert "s" not in skip_pattern(none, 12)
     loose = none.replace(delta=1e9)
     assert skip_pattern(loose, 12) == skip_pattern(DQARConfig.preset("dqar"), 12)
 

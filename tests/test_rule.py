@@ -4,6 +4,8 @@ The controller and the replay both step a `rule.RuleState`; these tests sample w
 check, step by step, that the rule over the traced host numbers gives the live run's reuse and its reason.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -72,10 +74,17 @@ def assert_rule_replays(trace: list[dict], cfg: DQARConfig) -> None:
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_replays_its_live_decisions(models, name, scheduler):
+def test_every_preset_replays_its_live_decisions(models, name, scheduler, fresh_reuse_warnings):
+    """A preset whose entropy gate the tiny random DiT never passes ("gates", "entropy": H_t near 1, tau 0.92) reuses
+    nothing, and sample's warning says so; the replay holds either way."""
     cfg = preset_config(name)
-    trace = live_run(models, cfg, scheduler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trace = live_run(models, cfg, scheduler)
     live = trace_matrix(trace, "reuse").astype(bool)  # (S, L)
+    warned = [w for w in caught if "DQAR reused nothing" in str(w.message)]
+    assert bool(warned) == (name in ("gates", "entropy")), [str(w.message) for w in warned]
+    assert not (warned and live.any())
     assert np.array_equal(replay(trace, cfg), live)
     assert_rule_replays(trace, cfg)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,16 +50,22 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", name.replace("=", "-")).strip("_") or "method"
 
 
+def image_folder(name: str, folders: dict[str, str] | None = None) -> str:
+    """Where a method's PNGs go under the output folder: `folders[name]` if given, else `images/<slug of name>`."""
+    return (folders or {}).get(name) or f"images/{slug(name)}"
+
+
 def run_benchmark(pipe, cond: Conditions, methods: dict, out_dir: str | Path, num_steps: int = 20,
                   scheduler: str = "ddim", guidance_scale: float = 4.0, seed: int = 0, repeats: int = 3,
                   warmup: int = 1, compile: bool = False, compile_options: dict | None = None,
                   scorer: Callable | None = None, on_row: Callable[[list[dict]], None] | None = None,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, folders: dict[str, str] | None = None) -> list[dict]:
     """One row per method (anything `as_method` takes; the first is the reference, normally None = full compute).
 
     A row: times of the whole batch (median, min, max, IQR, all repeats), ms per image and per step, speedup,
     reuse fraction (DQAR's controller; peers: their skipped attention calls), peak memory, PSNR / SSIM against
-    the reference's images, `scorer(images, names)` (CLIP score; None when not given), the PNG folder.
+    the reference's images, `scorer(images, names)` (CLIP score; None when not given), the PNG folder:
+    `folders[name]` under `out_dir` (default `images/<slug of name>`).
     """
     if not methods:
         raise ValueError("run_benchmark needs at least one method")
@@ -84,7 +91,7 @@ def run_benchmark(pipe, cond: Conditions, methods: dict, out_dir: str | Path, nu
                 if r >= warmup:
                     times.append(ms)
             res.images = decode(pipe, res.latents)  # (N, 3, H, W) in [0, 1]
-            folder = out_dir / "images" / slug(name)
+            folder = out_dir / image_folder(name, folders)
             res.save(folder)
             ref = ref or (name, res, summary(times)["median_ms"])
             rows.append(benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir),
@@ -95,7 +102,8 @@ def run_benchmark(pipe, cond: Conditions, methods: dict, out_dir: str | Path, nu
 
 
 def benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder, scorer, names) -> dict:
-    """A method's row: its timing summary, per-image / per-step times, speedup and PSNR / SSIM against `ref`
+    """A method's row: its timing summary (median, spread, mean and sample standard deviation of the batch's time
+    over the repeats), per-image / per-step times, speedup and PSNR / SSIM against `ref`
     (name, result, median ms), reuse, memory, `scorer`'s score of its images and their folder."""
     s = summary(times)
     ref_name, ref_res, ref_ms = ref
@@ -103,6 +111,7 @@ def benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder, scor
     score = scorer(res.images, names) if scorer is not None else None
     return dict(
         method=name, reference=ref_name, config=method_fields(method), images=n, steps=num_steps, **s,
+        mean_ms=statistics.fmean(times), std_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
         ms_per_image=s["median_ms"] / n, ms_per_step=s["median_ms"] / num_steps, speedup=ref_ms / s["median_ms"],
         reuse_fraction=res.stats.get("reuse_fraction", 0.0), peak_memory_bytes=peak, peak_memory_kind=peak_kind,
         peak_cache_bytes=res.stats.get("peak_cache_bytes", 0),
@@ -169,9 +178,10 @@ def pipeline_call(pipe, n: int, prompts: list[str] | None = None, embeds: dict |
 def run_pipeline_benchmark(pipe, call: PipelineCall, methods: dict, out_dir: str | Path, num_steps: int = 28,
                            guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, warmup: int = 1,
                            scorer: Callable | None = None, on_row: Callable[[list[dict]], None] | None = None,
-                           progress: bool = True) -> list[dict]:
+                           progress: bool = True, folders: dict[str, str] | None = None) -> list[dict]:
     """One row per method (None, a DQAR preset name or a DQARConfig; the first is the reference) as `run_benchmark`
-    gives, from `max(warmup, 1)` untimed runs (the first returns the images) and `repeats` timed ones."""
+    gives (images in `folders[name]`, as there), from `max(warmup, 1)` untimed runs (the first returns the images)
+    and `repeats` timed ones."""
     if not methods:
         raise ValueError("run_pipeline_benchmark needs at least one method")
     check_counts(warmup, repeats)
@@ -203,7 +213,7 @@ def run_pipeline_benchmark(pipe, call: PipelineCall, methods: dict, out_dir: str
             elif r >= untimed:
                 times.append(ms)
         res = SampleResult(images, out, None, stats)
-        folder = out_dir / "images" / slug(name)
+        folder = out_dir / image_folder(name, folders)
         res.save(folder)
         ref = ref or (name, res, summary(times)["median_ms"])
         row = benchmark_row(name, method, res, ref, times, n, num_steps, dev, folder.relative_to(out_dir), scorer,

@@ -116,6 +116,18 @@ def interleaved(names, timed: Callable[[str], float | None], warmup: int, repeat
     return times, peak
 
 
+def resident_bytes() -> int:
+    """The process's resident memory now (Linux: /proc/self/statm); elsewhere its peak so far (ru_maxrss)."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
 def peak_memory(dev: torch.device) -> tuple[int, str]:
     """(bytes, what): CUDA's peak allocation since the last reset, else the process's peak resident set (it never
     goes down, so on CPU it bounds every method run so far, not this one alone)."""

@@ -74,7 +74,7 @@ def load_pipeline(name_or_path: str | Path, dtype: torch.dtype = torch.float32, 
     low_mem = importlib.util.find_spec("accelerate") is not None  # without accelerate, diffusers warns and falls back
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, low_cpu_mem_usage=low_mem,
-                                                 **_saved_without(path))
+                                                 **_saved_without(path), **_int_id2label(source))
     except Exception as e:  # hub and file errors are long; name the model first
         raise ValueError(f"could not load the pipeline {name_or_path!r}: {type(e).__name__}: {e}") from None
     if getattr(pipe, "transformer", None) is None:
@@ -82,6 +82,23 @@ def load_pipeline(name_or_path: str | Path, dtype: torch.dtype = torch.float32, 
                          "transformer of a DiT- or PixArt-style pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _int_id2label(source: str) -> dict:
+    """{"id2label": {int: name}} when the pipeline's model_index.json carries an id2label (DiT pipelines): JSON keys
+    are strings, DiTPipeline annotates `dict[int, str]`, and diffusers warns "Expected types for id2label" on every
+    load unless the mapping is passed with the keys it declares. {} when there is none (or the index is unreadable:
+    from_pretrained then names the failure)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        spec = DiffusionPipeline.load_config(source)
+    except Exception:
+        return {}
+    labels = spec.get("id2label")
+    if not isinstance(labels, dict) or not all(str(k).lstrip("-").isdigit() for k in labels):
+        return {}
+    return {"id2label": {int(k): v for k, v in labels.items()}}
 
 
 def _saved_without(folder: Path) -> dict:
@@ -117,7 +134,8 @@ def class_conditions(pipe, n: int | None = None, class_ids: list[int] | None = N
         class_ids = [class_ids[i % len(class_ids)] for i in range(n)]
     bad = [c for c in class_ids if not 0 <= int(c) < num_classes]
     if bad:
-        raise ValueError(f"class ids {bad} are out of range for this model's {num_classes} classes")
+        raise ValueError(f"class ids {bad} are out of range for this model's {num_classes} classes: give ids from 0 "
+                         f"to {num_classes - 1}")
     return Conditions([names.get(int(c), f"class {int(c)}") for c in class_ids], [int(c) for c in class_ids])
 
 

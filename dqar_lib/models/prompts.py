@@ -69,12 +69,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DQAR_CACHE", Path.home() / ".cache" / "dqar")) / "prompts"
 
 
-def cached_download(url: str, refresh: bool = False, timeout: float = 30.0) -> Path:
-    """The file at `url`, downloaded once into `cache_dir()` (again with `refresh`); offline, a ConnectionError
-    in one sentence naming the URL. The cached name keeps the URL's suffix, so `read_prompts` knows its format."""
-    suffix = Path(url.split("?")[0]).suffix
+def cached_download(url: str, refresh: bool = False, timeout: float = 30.0, fmt: str | None = None,
+                    folder: str | Path | None = None) -> Path:
+    """The file at `url`, downloaded once into `folder` (default `cache_dir()`; again with `refresh`); offline, a
+    ConnectionError in one sentence naming the URL. The cached name takes the suffix `fmt` gives ("txt", "json" or
+    "jsonl"), else the URL's (else .txt), so `read_prompts` knows its format."""
+    if fmt is not None and f".{fmt.lstrip('.')}" not in FORMATS:
+        raise ValueError(f"prompt file format {fmt!r} is unknown; give one of {', '.join(f[1:] for f in FORMATS)}")
+    suffix = f".{fmt.lstrip('.')}" if fmt is not None else Path(url.split("?")[0]).suffix
     suffix = suffix if suffix in FORMATS else ".txt"
-    path = cache_dir() / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}{suffix}"
+    folder = cache_dir() if folder is None else Path(folder).expanduser()
+    path = folder / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}{suffix}"
     if path.is_file() and not refresh:
         return path
     try:

@@ -121,14 +121,32 @@ def conditioning(model: torch.nn.Module, class_labels=None, prompt_embeds=None, 
     if num_classes is None:
         raise ValueError(f"{type(model).__name__} is neither class- nor text-conditioned; sample() needs a DiT- or "
                          "PixArt-style model")
-    labels = torch.as_tensor([] if class_labels is None else class_labels, dtype=torch.long).reshape(-1)
-    if labels.ndim != 1 or labels.numel() == 0:
-        raise ValueError(f"class_labels must be a non-empty 1-d list of ints, got shape {tuple(labels.shape)}")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise ValueError(f"class_labels out of range [0, {num_classes}): {bad.tolist()}")
+    labels = class_label_tensor(class_labels, num_classes, type(model).__name__)
     return labels.numel(), dict(class_labels=torch.cat([labels, torch.full_like(labels, num_classes)]) if use_cfg
                                 else labels)
+
+
+def class_label_tensor(class_labels, num_classes: int, owner: str = "this model") -> torch.Tensor:
+    """`class_labels` (an int, a list of ints or an integer tensor) as a 1-d long tensor, each checked to be an
+    integer in [0, num_classes); anything else is a ValueError in one sentence naming the bad value and the range."""
+    rng = f"integers in [0, {num_classes}) ({owner} has {num_classes} classes)"
+    if isinstance(class_labels, torch.Tensor) or hasattr(class_labels, "dtype"):  # torch or numpy, arrays or scalars
+        kind = str(class_labels.dtype)
+        if "int" not in kind:
+            raise ValueError(f"class_labels must be {rng}; got an array of {kind}")
+        values = class_labels.reshape(-1).tolist()
+    else:
+        values = list(class_labels) if isinstance(class_labels, (list, tuple, range)) else [class_labels]
+    if class_labels is None or not values:
+        raise ValueError(f"class_labels must be a non-empty list of {rng}; got {class_labels!r}")
+    for v in values:
+        if hasattr(v, "dtype") and "int" in str(v.dtype) and getattr(v, "ndim", 1) == 0:
+            v = v.item()  # a numpy or torch integer scalar in a list
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"class_labels must be {rng}; got {v!r} ({type(v).__name__})")
+        if not 0 <= v < num_classes:
+            raise ValueError(f"class_labels must be {rng}; got {v}")
+    return torch.tensor([int(v) for v in values], dtype=torch.long)  # (N,)
 
 
 def _mask(mask, shape, name: str) -> torch.Tensor:

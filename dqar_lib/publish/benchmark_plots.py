@@ -68,6 +68,31 @@ def sweep_figure(rows: list[dict], title: str = ""):
     return fig
 
 
+THRESHOLD_PANELS = (("avg_time_s", "runtime (s)"), ("avg_rss_mb", "RSS (MiB)"), ("avg_reuse", "reuse events"))
+
+
+def threshold_sweep_figure(records: list[dict], title: str = ""):
+    """The scaffold's sweep (dqar_lib.evaluation.threshold_sweep): runtime, resident memory and reuse events at each
+    (threshold, limit) point, a line per scenario (baseline, static, DQAR); runtime with its standard deviation."""
+    style()
+    points = list(dict.fromkeys((r["threshold"], r["max_reuse"]) for r in records))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (field, label) in zip(axes, THRESHOLD_PANELS):
+        for j, scenario in enumerate(dict.fromkeys(r["scenario"] for r in records)):
+            by = {(r["threshold"], r["max_reuse"]): r for r in records if r["scenario"] == scenario}
+            ys = [by[p][field] if p in by else math.nan for p in points]
+            err = [by[p]["std_time_s"] if p in by else 0.0 for p in points] if field == "avg_time_s" else None
+            ax.errorbar(range(len(points)), ys, yerr=err, marker="o", color=f"C{j}", label=scenario, capsize=2)
+        ax.set_xticks(range(len(points)), [f"{h:g}/{r}" for h, r in points], fontsize=7, rotation=45)
+        ax.set(xlabel="threshold (nats) / reuse limit", ylabel=label)
+    fig.subplots_adjust(wspace=0.35)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=8,
+               bbox_to_anchor=(0.5, 1.02))  # outside the data
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.08)
+    return fig
+
+
 def save_png(fig, path: Path) -> None:
     """Write `fig` to `path` as a PNG (atomically, 120 dpi) and close it."""
     with atomic_write(path, "wb") as f:
