@@ -112,3 +112,17 @@ def test_fid_seeds_resumes_the_same_run(fake_fid, tmp_path):
     fid_seeds.main(argv + ["--seeds", "3"])
     fid_seeds.main(argv + ["--seeds", "3", "4"])  # one more seed: only its row is sampled
     assert fake_fid == [(3, 50), (4, 50)] and [r["seed"] for r in read_result(out)["result"]["rows"]] == [3, 4]
+
+
+def test_fid_seeds_resumed_on_fewer_entries_keeps_the_others(fake_fid, tmp_path):
+    """Nothing is lost when a file is resumed for part of what it holds: the rows of the other entries and seeds stay,
+    and its manifest names them all."""
+    out = tmp_path / "q.json"
+    argv = ["--per-class", "1", "--chunk", "50", "--out", str(out), "--quiet"]
+    fid_seeds.main(argv + ["--entries", "full", "DDIM-20", "--seeds", "3", "4"])
+    fid_seeds.main(argv + ["--entries", "full", "--seeds", "3"])  # all done already: nothing is sampled
+    res = read_result(out)
+    assert sorted((r["entry"], r["seed"]) for r in res["result"]["rows"]) == [("DDIM-20", 3), ("DDIM-20", 4),
+                                                                             ("full", 3), ("full", 4)]
+    assert res["manifest"]["params"]["entries"] == ["full", "DDIM-20"] and res["manifest"]["params"]["seeds"] == [3, 4]
+    assert len(fake_fid) == 4 and res["result"]["complete"]

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     params = dict(entries=a.entries, per_class=a.per_class, seeds=a.seeds, steps=a.steps, chunk=a.chunk,
                   threads=torch.get_num_threads())
-    done = []
+    done, kept, kept_complete = [], [], True
     if a.out.is_file() and not a.restart:  # resume: the rows of the same run, for the entries and seeds asked
         old = read_result(a.out)
         have = old["manifest"]["params"]
@@ -125,17 +125,22 @@ def main(argv: list[str] | None = None) -> Path:
         if differ:
             p.error(f"{a.out} holds a run made with {_flags(have, differ)}, not {_flags(params, differ)}: its rows "
                     "are not this run's; give another --out, or --restart to replace it")
-        done = [r for r in old["result"]["rows"] if r["entry"] in a.entries and r["seed"] in a.seeds]
+        asked = [r["entry"] in a.entries and r["seed"] in a.seeds for r in old["result"]["rows"]]
+        done = [r for r, ask in zip(old["result"]["rows"], asked) if ask]
+        kept = [r for r, ask in zip(old["result"]["rows"], asked) if not ask]  # other entries and seeds stay
+        kept_complete = bool(old["result"].get("complete"))
+        params.update(entries=list(dict.fromkeys(have.get("entries", []) + a.entries)),
+                      seeds=sorted(set(have.get("seeds", [])) | set(a.seeds)))
     reference = fid_reference()  # (10000, 3, 32, 32)
     want = {n: known[n] for n in a.entries}
 
-    def write(rows, complete=False):
-        write_result(a.out, dict(rows=rows, complete=complete), params=params)
+    def write(rows, complete=False):  # the file keeps what it held for entries and seeds this run was not asked for
+        write_result(a.out, dict(rows=kept + rows, complete=complete and kept_complete), params=params)
 
     rows = quality_rows(load_model(), want, reference, a.per_class, a.seeds, done, write, chunk=a.chunk,
                         progress=not a.quiet)
     write(rows, complete=True)
-    print(spread(rows).round(3).to_string())
+    print(spread(kept + rows).round(3).to_string())
     return a.out
 
 
