@@ -58,6 +58,16 @@ SLOW_TESTS = {  # "file.py::test_name" (every parameter of it): each took 2 s to
 }
 
 
+def cli_error(capsys, argv) -> str:
+    """The last line `python -m dqar_lib.benchmark` writes to stderr when it refuses `argv` (exit status 2)."""
+    from dqar_lib import benchmark
+
+    with pytest.raises(SystemExit) as e:
+        benchmark.main([str(a) for a in argv])
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name

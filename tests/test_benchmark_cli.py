@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_error
 
 from dqar_lib import benchmark, load_calibration
 from dqar_lib.artifacts import read_result
@@ -98,13 +99,6 @@ def test_calibrate_writes_a_fit_next_to_a_local_model(folders, tmp_path):
     assert again["manifest"]["params"]["dqar_config"] == cfg.to_dict()
 
 
-def _error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        benchmark.main([str(a) for a in argv])
-    assert e.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 @pytest.mark.parametrize("content,message", [
     ('{"prompts": ["a"]}', r"must hold a JSON array of prompts, got a dict"),
     ("[1, 2]", r"item 0 is not a non-empty string prompt: 1"),
@@ -115,14 +109,14 @@ def test_bad_prompt_files_are_named(folders, tmp_path, capsys, content, message)
 
     path = tmp_path / "bad.json"
     path.write_text(content)
-    err = _error(capsys, ["--model", folders / "pixart", "--prompts-file", path, "--output-dir", tmp_path, *FAST])
+    err = cli_error(capsys, ["--model", folders / "pixart", "--prompts-file", path, "--output-dir", tmp_path, *FAST])
     assert str(path) in err and re.search(message, err), err
 
 
 def test_bad_jsonl_line_and_field_are_named(folders, tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a cat"}\n{"text": "a dog"}\n')
-    err = _error(capsys, ["--model", folders / "pixart", "--prompts-file", path, "--output-dir", tmp_path, *FAST])
+    err = cli_error(capsys, ["--model", folders / "pixart", "--prompts-file", path, "--output-dir", tmp_path, *FAST])
     assert f"{path} line 2 has no field 'prompt'" in err
 
 
@@ -139,20 +133,21 @@ def test_bad_jsonl_line_and_field_are_named(folders, tmp_path, capsys):
     (["--prompts", "a cat"], "is class-conditional (DiTPipeline): give --class-ids, not prompts"),
 ])
 def test_bad_arguments_fail_in_one_sentence(folders, tmp_path, capsys, args, message):
-    err = _error(capsys, ["--model", folders / "dit", "--output-dir", tmp_path, *FAST, *args])
+    err = cli_error(capsys, ["--model", folders / "dit", "--output-dir", tmp_path, *FAST, *args])
     assert message in err, err
     assert not (tmp_path / "benchmark_results.json").exists()
 
 
 def test_missing_folder_is_named(tmp_path, capsys):
-    err = _error(capsys, ["--model", tmp_path / "nowhere", "--output-dir", tmp_path, *FAST])
+    err = cli_error(capsys, ["--model", tmp_path / "nowhere", "--output-dir", tmp_path, *FAST])
     assert "nowhere" in err and "neither a local folder nor a hub id" in err
 
 
 def test_offline_prompt_url_names_the_url(folders, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DQAR_CACHE", str(tmp_path / "cache"))
     url = "http://127.0.0.1:9/prompts.jsonl"
-    err = _error(capsys, ["--model", folders / "pixart", "--prompt-dataset-url", url, "--output-dir", tmp_path, *FAST])
+    err = cli_error(capsys, ["--model", folders / "pixart", "--prompt-dataset-url", url, "--output-dir", tmp_path,
+                             *FAST])
     assert f"could not download the prompt file {url}" in err
     assert not list((tmp_path / "cache").rglob("*.jsonl"))  # nothing cached from a failed download
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_error
 
 from dqar_lib import benchmark
 from dqar_lib.artifacts import read_result
@@ -67,13 +68,6 @@ def test_the_text_command_reads_a_prompt_dataset_url_into_its_cache(folders, tmp
     assert fresh["conditions"] == ["a new prompt"] * 3
 
 
-def _error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        benchmark.main([str(a) for a in argv])
-    assert e.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 @pytest.mark.parametrize("model,args,message", [
     (None, [], "give --model: a hub id such as facebook/DiT-XL-2-256 or PixArt-alpha/PixArt-Sigma-XL-2-512-MS"),
     ("pixart", ["--conditioning", "class"], "is text-conditioned (PixArtSigmaPipeline), not --conditioning class: "
@@ -91,7 +85,7 @@ def _error(capsys, argv) -> str:
 def test_scaffold_flags_are_refused_in_one_sentence(folders, tmp_path, capsys, model, args, message):
     argv = (["--model", folders / model] if model else []) + args + ["--output-dir", tmp_path, "--steps", "2",
                                                                      "--no-clip", "--quiet"]
-    err = _error(capsys, argv)
+    err = cli_error(capsys, argv)
     assert message in err, err
     assert not (tmp_path / "benchmark_results.json").exists()
 
@@ -100,7 +94,7 @@ def test_the_text_command_without_a_model_takes_pixart(tmp_path, capsys, monkeyp
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    err = _error(capsys, ["--conditioning", "text", "--output-dir", tmp_path, "--no-clip", "--quiet"])
+    err = cli_error(capsys, ["--conditioning", "text", "--output-dir", tmp_path, "--no-clip", "--quiet"])
     assert "PixArt-alpha/PixArt-Sigma-XL-2-512-MS" in err and "offline" in err, err
 
 

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from conftest import cli_error
 
 from dqar_lib import benchmark
 from dqar_lib.artifacts import read_result
@@ -78,26 +79,21 @@ def test_loading_a_folder_saved_without_text_encoders(saved):
     assert not pipeline_driven(load_pipeline(saved["dit"]))
 
 
-def _error(capsys, argv) -> str:
-    with pytest.raises(SystemExit):
-        benchmark.main([str(a) for a in argv])
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 @pytest.mark.parametrize("args, message", [
     (["--peers", "pab"], r"FluxPipeline, which the benchmark runs through pipe\(\.\.\.\).*: --peers apply only"),
     (["--compile", "--scheduler", "ddim"], r": --compile, --scheduler apply only to DiT- and PixArt-style"),
 ])
 def test_flags_that_cannot_apply_to_a_pipeline_run_are_named(saved, tmp_path, capsys, args, message):
     folder, emb, _ = saved["FluxPipeline"]
-    err = _error(capsys, ["--model", folder, "--embeds", emb, "--output-dir", tmp_path, *FAST, *args])
+    err = cli_error(capsys, ["--model", folder, "--embeds", emb, "--output-dir", tmp_path, *FAST, *args])
     assert re.search(message, err), err
 
 
 def test_prompts_without_a_text_encoder_and_embeds_on_dit_are_refused(saved, tmp_path, capsys):
-    err = _error(capsys, ["--model", saved["FluxPipeline"][0], "--prompts", "a cat", "--output-dir", tmp_path, *FAST])
+    err = cli_error(capsys, ["--model", saved["FluxPipeline"][0], "--prompts", "a cat", "--output-dir", tmp_path,
+                             *FAST])
     assert "has no text encoder" in err and "--embeds FILE" in err
-    err = _error(capsys, ["--model", saved["dit"], "--embeds", saved["FluxPipeline"][1], "--output-dir", tmp_path,
+    err = cli_error(capsys, ["--model", saved["dit"], "--embeds", saved["FluxPipeline"][1], "--output-dir", tmp_path,
                           *FAST])
     assert "--embeds apply to pipelines run through pipe(...)" in err and "DiTPipeline" in err
 

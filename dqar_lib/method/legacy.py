@@ -67,9 +67,8 @@ def decision_fields(d: dict) -> dict:
         d["streak_profile"] = tuple(tuple(e) for e in d["streak_profile"])  # validated by the class, not cast
     if isinstance(d.get("schedule"), dict):
         d["schedule"] = LayerSchedule(**d["schedule"])
-    for name in ("snr_hi",):
-        if name in d and d[name] is not None:
-            d[name] = float(d[name])
+    if d.get("snr_hi") is not None:
+        d["snr_hi"] = float(d["snr_hi"])  # json writes inf as Infinity, and an int bound as an int
     return d
 
 
