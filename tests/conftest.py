@@ -58,6 +58,17 @@ SLOW_TESTS = {  # "file.py::test_name" (every parameter of it): each took 2 s to
 }
 
 
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    """A tiny DiT and a tiny PixArt pipeline saved as folders, as the command lines load them."""
+    from dqar_lib.models.pipelines import tiny_dit_pipeline, tiny_pixart_pipeline
+
+    root = tmp_path_factory.mktemp("pipelines")
+    tiny_dit_pipeline().save_pretrained(root / "dit")
+    tiny_pixart_pipeline().save_pretrained(root / "pixart")
+    return root
+
+
 def cli_error(capsys, argv) -> str:
     """The last line `python -m dqar_lib.benchmark` writes to stderr when it refuses `argv` (exit status 2)."""
     from dqar_lib import benchmark

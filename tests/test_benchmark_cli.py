@@ -11,19 +11,10 @@ from conftest import cli_error
 
 from dqar_lib import benchmark, load_calibration
 from dqar_lib.artifacts import read_result
-from dqar_lib.models.pipelines import tiny_dit_pipeline, tiny_pixart_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red fox", "an old lighthouse on a rocky coast at dawn with gulls circling", "a cat"]
 FAST = ["--steps", "3", "--repeats", "1", "--warmup", "0", "--no-clip", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    tiny_dit_pipeline().save_pretrained(root / "dit")
-    tiny_pixart_pipeline().save_pretrained(root / "pixart")
-    return root
 
 
 def _run(argv) -> dict:

@@ -14,18 +14,9 @@ from conftest import cli_error
 
 from dqar_lib import benchmark
 from dqar_lib.artifacts import read_result
-from dqar_lib.models.pipelines import tiny_dit_pipeline, tiny_pixart_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red fox", "an old lighthouse", "a cat in a hat", "a bowl of fruit", "a mountain lake"]
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    tiny_dit_pipeline().save_pretrained(root / "dit")
-    tiny_pixart_pipeline().save_pretrained(root / "pixart")
-    return root
 
 
 def test_the_class_command_runs_as_written(folders, tmp_path):
